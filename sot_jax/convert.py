@@ -1,0 +1,103 @@
+"""Convert official PyTorch weights into a sot_jax model checkpoint.
+
+    python -m sot_jax.convert --model sot_small --checkpoint sot_small.pth --output checkpoints/sot_small
+
+The checkpoint may be a state_dict or a dict holding one under `model`, `state_dict` or `state_dict_ema`
+(`--ema` picks the EMA weights, which the SoT papers report); `.npz` files of state-dict arrays work too.
+Missing, unexpected or mis-shaped keys stop the conversion with a message naming them; nothing is written then.
+Reading `.pth` files needs PyTorch (`pip install -e ".[torch]"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sot_jax import checkpoints, models
+
+STATE_DICT_KEYS = ("model", "state_dict", "state_dict_ema")
+
+
+def read_state_dict(path: str | Path, ema: bool = False, allow_pickle: bool = False) -> Mapping[str, Any]:
+    """The state_dict inside a .pth (or .npz) checkpoint file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint file {path} does not exist")
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        prefixed = {k.removeprefix("sd/"): v for k, v in arrays.items() if k.startswith("sd/")}
+        return prefixed or arrays
+    try:
+        import torch
+    except ImportError as e:
+        raise ValueError('reading .pth files needs PyTorch: pip install -e ".[torch]"') from e
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as e:
+        hint = (
+            ""
+            if allow_pickle
+            else " (if it holds Python objects such as training args and you trust it, add --allow-pickle)"
+        )
+        raise ValueError(f"cannot read {path}: {e}{hint}") from e
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state_dict")
+    if ema:
+        if "state_dict_ema" not in loaded:
+            raise ValueError(f"{path} has no state_dict_ema (keys: {', '.join(map(str, loaded))})")
+        return loaded["state_dict_ema"]
+    for key in STATE_DICT_KEYS:
+        if isinstance(loaded.get(key), Mapping):
+            return loaded[key]
+    if all(hasattr(v, "shape") for v in loaded.values()):
+        return loaded
+    raise ValueError(
+        f"{path} holds no state_dict under {', '.join(STATE_DICT_KEYS)} (keys: {', '.join(map(str, loaded))})"
+    )
+
+
+def convert(
+    model: str,
+    checkpoint: str | Path,
+    output: str | Path,
+    ema: bool = False,
+    allow_pickle: bool = False,
+    img_size: int | None = None,
+) -> Path:
+    """Convert and save; returns the written directory. Raises ValueError/FileExistsError on bad input."""
+    state_dict = read_state_dict(checkpoint, ema=ema, allow_pickle=allow_pickle)
+    overrides = {} if img_size is None else {"img_size": img_size}
+    variables = models.from_torch(model, state_dict, **overrides)
+    num_classes = models.infer_num_classes(model, {k.removeprefix("module."): v for k, v in state_dict.items()})
+    metadata = {"model": model, "num_classes": num_classes, "overrides": overrides, "source": str(checkpoint)}
+    return checkpoints.save_model(output, variables, metadata)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="registered model name (python -c 'from sot_jax import models; print(models.list_models())')",
+    )
+    parser.add_argument("--checkpoint", required=True, help=".pth or .npz file")
+    parser.add_argument("--output", required=True, help="new directory for the Orbax checkpoint")
+    parser.add_argument("--ema", action="store_true", help="convert state_dict_ema")
+    parser.add_argument("--img-size", type=int, help="image size the weights were trained at (default 224)")
+    parser.add_argument("--allow-pickle", action="store_true", help="let torch.load unpickle arbitrary objects")
+    args = parser.parse_args(argv)
+    try:
+        written = convert(args.model, args.checkpoint, args.output, args.ema, args.allow_pickle, args.img_size)
+    except (ValueError, FileExistsError) as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {written}")
+
+
+if __name__ == "__main__":
+    main()

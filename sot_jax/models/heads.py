@@ -1,0 +1,172 @@
+"""Classification heads over a transformer's final (LayerNorm'ed) tokens, chosen by name.
+
+A head is a *representation* of the tokens plus a *fusion* with the class token (SoT's `Classifier`):
+
+representations
+  cls          cls_fc(x[:, 0]) alone (DeiT).
+  gap          mean of the tokens.
+  gem, ggem    generalized mean, one learnable p (gem) or one per channel group (ggem; groups default to the
+               backbone's attention heads), p initialized to 3. Post-LayerNorm tokens are signed while the
+               generalized mean needs positive input: `gem_positive="clamp"` (default, GeM's own max(x, 1e-6))
+               or `"softplus"` (keeps the information in negative values). Pooling is over the same tokens as
+               every other representation, after the final LayerNorm.
+  gcp          iSQRT-COV: Linear(D, d) -> covariance -> Newton–Schulz square root (3 iterations) -> upper
+               triangle, with d = int(sqrt(2 · heads · q²)) as in the official code.
+  mgcrp        SoT's multi-headed global cross-covariance pooling: a fused bias-free Linear(D, 2·H·q), per head
+               Z = ÃᵀB̃/N, singular value power normalization (`svpn_method`, official `power_iter`), flattened
+               row-major, dropout.
+  token_label  LV-ViT: head(cls) and aux_head on every patch token; eval logits head(cls) + 0.5 · max over tokens.
+
+fusions (for the representations other than cls and token_label, on backbones with a class token)
+  sum_fc     cls_fc(x[:, 0]) + visual_fc(rep(x[:, 1:]))   (SoT's default)
+  concat     visual_fc([x[:, 0], rep(x[:, 1:])])
+  aggre_all  visual_fc(rep(x)), over every token including the class token; the only fusion without one (HVT)
+  sum_loss   training returns (cls_fc(x[:, 0]), visual_fc(rep(x[:, 1:]))) for two summed losses; eval sums them
+
+Official quirks kept: the covariance centering subtracts one scalar mean per matrix (over all N×q entries), and
+the GCP covariance divides by the feature dimension, not the token count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sot_jax import ops
+from sot_jax.models.layers import Dense, Dtype
+
+REPRESENTATIONS = ("cls", "gap", "gem", "ggem", "gcp", "mgcrp", "token_label")
+FUSIONS = ("sum_fc", "concat", "aggre_all", "sum_loss")
+GEM_POSITIVE = ("clamp", "softplus")
+
+
+def _remove_scalar_mean(x: jax.Array) -> jax.Array:
+    """The official `_remove_mean`: one mean over each matrix's last two axes."""
+    return x - jnp.mean(x, axis=(-2, -1), keepdims=True)
+
+
+class MGCrP(nn.Module):
+    """Multi-headed global cross-covariance pooling with singular value power normalization."""
+
+    num_heads: int
+    wr_dim: int
+    svpn_method: str = "power_iter"
+    svpn_alpha: float = 0.5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, tokens, _ = x.shape
+        heads, q = self.num_heads, self.wr_dim
+        projected = Dense(2 * heads * q, "wr", use_bias=False, dtype=self.dtype)(x)
+        # (B, N, 2, H, q) -> two (B, H, N, q) branches, covariance and SVPN in float32.
+        a, b = jnp.moveaxis(projected.reshape(batch, tokens, 2, heads, q).astype(jnp.float32), (2, 3), (0, 2))
+        a, b = _remove_scalar_mean(a), _remove_scalar_mean(b)
+        z = jnp.einsum("bhnq,bhnr->bhqr", a, b, precision=jax.lax.Precision.HIGHEST) / tokens
+        start = None
+        if self.svpn_method == "power_iter":
+            start = self.param("svpn_start", nn.initializers.normal(1.0), (q,))
+        y = ops.svpn(z, self.svpn_alpha, method=self.svpn_method, start=start)
+        return y.reshape(batch, heads * q * q)
+
+
+def gcp_pool(x: jax.Array, num_iters: int = 3) -> jax.Array:
+    """iSQRT-COV of already projected tokens (B, N, d): covariance -> Newton–Schulz square root -> upper triangle."""
+    x = _remove_scalar_mean(x.astype(jnp.float32))
+    cov = jnp.einsum("bnd,bne->bde", x, x, precision=jax.lax.Precision.HIGHEST) / x.shape[-1]
+    return ops.triu_vector(ops.mpn(cov, 0.5, method="newton_schulz", num_iters=num_iters))
+
+
+class GeM(nn.Module):
+    """Generalized mean over tokens with one learnable p per channel group (groups=1: GeM)."""
+
+    groups: int = 1
+    p_init: float = 3.0
+    positive: str = "clamp"
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, _, dim = x.shape
+        if dim % self.groups:
+            raise ValueError(f"ggem: {self.groups} groups do not divide the {dim} channels")
+        p = self.param("p", nn.initializers.constant(self.p_init), (self.groups,))
+        x = x.astype(jnp.float32)
+        x = jnp.maximum(x, self.eps) if self.positive == "clamp" else nn.softplus(x) + self.eps
+        p_per_channel = jnp.repeat(p, dim // self.groups)
+        return jnp.mean(x**p_per_channel, axis=1) ** (1.0 / p_per_channel)
+
+
+class ClassifierHead(nn.Module):
+    """Tokens (B, N, D) -> logits; see the module docstring for representations and fusions.
+
+    Returns logits (B, num_classes), except when `train` is True with fusion `sum_loss` or representation
+    `token_label`, where it returns the pair (class-token logits, other logits).
+    """
+
+    num_classes: int
+    representation: str = "cls"
+    fusion: str = "sum_fc"
+    has_cls_token: bool = True
+    num_heads: int = 6
+    wr_dim: int = 24
+    svpn_method: str = "power_iter"
+    svpn_alpha: float = 0.5
+    dropout: float = 0.0
+    gem_groups: int = 1
+    gem_positive: str = "clamp"
+    dtype: Dtype = jnp.float32
+
+    def setup_check(self) -> None:
+        if self.representation not in REPRESENTATIONS:
+            raise ValueError(f"unknown head {self.representation!r}; choose one of {', '.join(REPRESENTATIONS)}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if self.svpn_method not in ops.SVPN_METHODS:
+            raise ValueError(f"unknown svpn method {self.svpn_method!r}; choose one of {', '.join(ops.SVPN_METHODS)}")
+        if self.gem_positive not in GEM_POSITIVE:
+            raise ValueError(f"unknown gem_positive {self.gem_positive!r}; choose one of {', '.join(GEM_POSITIVE)}")
+        if not self.has_cls_token and (self.representation in ("cls", "token_label") or self.fusion != "aggre_all"):
+            raise ValueError(
+                f"head {self.representation!r} with fusion {self.fusion!r} needs a class token, which this backbone "
+                "lacks; use a pooling head (gap, gem, ggem, gcp, mgcrp) with fusion='aggre_all'"
+            )
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> Any:
+        self.setup_check()
+        fc = lambda name: Dense(self.num_classes, name, dtype=self.dtype)  # noqa: E731
+        if self.representation == "cls":
+            return fc("cls_fc")(x[:, 0])
+        if self.representation == "token_label":
+            cls_logits = fc("head")(x[:, 0])
+            token_logits = fc("aux_head")(x[:, 1:])
+            return (cls_logits, token_logits) if train else cls_logits + 0.5 * jnp.max(token_logits, axis=1)
+
+        tokens = x if self.fusion == "aggre_all" else x[:, 1:]
+        features = self.represent(tokens)
+        features = nn.Dropout(self.dropout, deterministic=not train)(features).astype(self.dtype)
+        if self.fusion == "aggre_all":
+            return fc("visual_fc")(features)
+        if self.fusion == "concat":
+            return fc("visual_fc")(jnp.concatenate([x[:, 0], features], axis=-1))
+        cls_logits, visual_logits = fc("cls_fc")(x[:, 0]), fc("visual_fc")(features)
+        if self.fusion == "sum_loss" and train:
+            return cls_logits, visual_logits
+        return cls_logits + visual_logits
+
+    def represent(self, tokens: jax.Array) -> jax.Array:
+        if self.representation == "gap":
+            return jnp.mean(tokens, axis=1)
+        if self.representation in ("gem", "ggem"):
+            groups = 1 if self.representation == "gem" else self.gem_groups
+            return GeM(groups, positive=self.gem_positive, name="representation")(tokens)
+        if self.representation == "gcp":  # the official head keeps the projection `dr` on the classifier
+            cov_dim = int((2 * self.num_heads * self.wr_dim**2) ** 0.5)
+            return gcp_pool(Dense(cov_dim, "dr", dtype=self.dtype)(tokens))
+        return MGCrP(self.num_heads, self.wr_dim, self.svpn_method, self.svpn_alpha, self.dtype, name="representation")(
+            tokens
+        )

@@ -1,0 +1,188 @@
+"""Building blocks shared by every model family: pre-norm transformer blocks, stochastic depth, embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# timm's init: Linear weights trunc-normal(0.02), biases 0; convs keep PyTorch's default kaiming-uniform(a=√5),
+# i.e. uniform with variance 1/(3·fan_in).
+dense_init = nn.initializers.truncated_normal(stddev=0.02)
+conv_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def Dense(features: int, name: str, use_bias: bool = True, dtype: Dtype = jnp.float32) -> nn.Dense:  # noqa: N802
+    return nn.Dense(features, use_bias=use_bias, kernel_init=dense_init, dtype=dtype, name=name)
+
+
+def conv(features: int, kernel: tuple[int, int], name: str, dtype: Dtype, **kwargs) -> nn.Conv:
+    return nn.Conv(features, kernel, kernel_init=conv_init, dtype=dtype, name=name, **kwargs)
+
+
+def batch_norm(name: str, train: bool, dtype: Dtype) -> nn.BatchNorm:
+    """PyTorch's BatchNorm2d defaults: momentum 0.1 (Flax: 0.9), eps 1e-5."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+
+
+class PatchEmbed(nn.Module):
+    """ViT's patchify-and-project convolution (kernel = stride = patch)."""
+
+    embed_dim: int
+    patch_size: int = 16
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        del train
+        patch = (self.patch_size, self.patch_size)
+        return conv(self.embed_dim, patch, "proj", self.dtype, strides=patch, padding="VALID")(x)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample with probability `rate` (rng 'dropout')."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if not train or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+class Mlp(nn.Module):
+    hidden: int
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        dim = x.shape[-1]
+        x = nn.gelu(Dense(self.hidden, "fc1", dtype=self.dtype)(x), approximate=False)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dense(dim, "fc2", dtype=self.dtype)(x)
+        return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU)."""
+
+    num_heads: int
+    qkv_bias: bool
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, tokens, dim = x.shape
+        qkv = Dense(3 * dim, "qkv", use_bias=self.qkv_bias, dtype=self.dtype)(x)
+        q, k, v = jnp.moveaxis(qkv.reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads), 2, 0)
+        x = jax.nn.dot_product_attention(q, k, v).reshape(batch, tokens, dim)
+        return Dense(dim, "proj", dtype=self.dtype)(x)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; LV-ViT divides each residual branch by `skip_lam`.
+
+    With `pooled_length`, HVT's downsampling follows the residuals: max-pool the token axis (kernel 3,
+    stride 2, no padding) and add a new learnable position embedding of the pooled length.
+    """
+
+    num_heads: int
+    mlp_hidden: int
+    qkv_bias: bool
+    layer_norm_eps: float
+    drop_path: float = 0.0
+    dropout: float = 0.0
+    skip_lam: float = 1.0
+    pooled_length: int | None = None
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        norm = lambda name: nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name=name)  # noqa: E731
+        drop_path = DropPath(self.drop_path)
+        y = Attention(self.num_heads, self.qkv_bias, self.dtype, name="attn")(norm("norm1")(x))
+        y = nn.Dropout(self.dropout, deterministic=not train)(y)
+        x = x + drop_path(y, train) / self.skip_lam
+        y = Mlp(self.mlp_hidden, self.dropout, self.dtype, name="mlp")(norm("norm2")(x), train)
+        x = x + drop_path(y, train) / self.skip_lam
+        if self.pooled_length is not None:
+            x = nn.max_pool(x, window_shape=(3,), strides=(2,), padding="VALID")
+            x = x + self.param("pos_embed", dense_init, (1, self.pooled_length, x.shape[-1]))
+        return x
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """The linear stochastic-depth rule of timm/DeiT: linspace(0, rate, depth)."""
+    return [float(r) for r in np.linspace(0.0, rate, depth)]
+
+
+def sinusoidal_position_embedding(num_positions: int, dim: int) -> np.ndarray:
+    """PE[p, 2i] = sin(p / 10000^(2i/D)), PE[p, 2i+1] = cos(p / 10000^(2i/D)); shape (1, num_positions, dim)."""
+    positions = np.arange(num_positions, dtype=np.float64)[:, None]
+    exponents = 2 * (np.arange(dim) // 2) / dim
+    angles = positions / np.power(10000.0, exponents)[None, :]
+    angles[:, 0::2], angles[:, 1::2] = np.sin(angles[:, 0::2]), np.cos(angles[:, 1::2])
+    return angles[None].astype(np.float32)
+
+
+def token_grid(img_size: int | Sequence[int], stride: int, model: str) -> tuple[int, int]:
+    """The (rows, cols) of the token grid for an image size, with a clear error when the stride does not divide."""
+    height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if height % stride or width % stride or height <= 0 or width <= 0:
+        raise ValueError(f"{model}: image size {height}x{width} must be positive and divisible by its stride {stride}")
+    return height // stride, width // stride
+
+
+def check_images(images: jax.Array, img_size: int | Sequence[int], model: str) -> None:
+    height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if images.ndim != 4 or images.shape[1:3] != (height, width):
+        raise ValueError(
+            f"{model} was built for NHWC images of {height}x{width}, got shape {tuple(images.shape)}; "
+            f"pass img_size=... to create_model for another size"
+        )
+
+
+def transformer_blocks(
+    x: jax.Array,
+    *,
+    depth: int,
+    num_heads: int,
+    mlp_hidden: int,
+    qkv_bias: bool,
+    layer_norm_eps: float,
+    drop_path_rate: float,
+    train: bool,
+    dtype: Dtype,
+    skip_lam: float = 1.0,
+    pooled_lengths: Sequence[int | None] | None = None,
+) -> jax.Array:
+    """`depth` Blocks named blocks_0, blocks_1, … with linearly rising drop path.
+
+    Call it from a compact method: Flax binds the blocks to the calling module. `pooled_lengths[i]` makes block
+    i an HVT pooling block.
+    """
+    for i, rate in enumerate(drop_path_rates(drop_path_rate, depth)):
+        pooled = None if pooled_lengths is None else pooled_lengths[i]
+        block = Block(
+            num_heads,
+            mlp_hidden,
+            qkv_bias,
+            layer_norm_eps,
+            rate,
+            skip_lam=skip_lam,
+            pooled_length=pooled,
+            dtype=dtype,
+            name=f"blocks_{i}",
+        )
+        x = block(x, train)
+    return x

@@ -1,0 +1,255 @@
+"""Model zoo: registry, parameter counts, and fidelity to the official PyTorch code (fixtures in tests/fixtures)."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sot_jax import models
+from sot_jax.models.heads import ClassifierHead
+from sot_jax.models.vision_transformer import hvt_pooled_lengths
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# SPEC §1, §5, §6 (millions of trainable parameters, 1000 classes; lvvit_l at its 448 px resolution) and timm's
+# DeiT counts.
+PARAMS_M = {
+    "sot_tiny": (7.98, 224),
+    "sot_small": (27.01, 224),
+    "sot_base": (76.77, 224),
+    "hvt_ti_1": (5.74, 224),
+    "hvt_s_0": (22.05, 224),
+    "hvt_s_1": (22.09, 224),
+    "hvt_s_2": (22.11, 224),
+    "hvt_s_3": (22.11, 224),
+    "scale_hvt_ti_4": (22.12, 224),
+    "lvvit_t": (8.53, 224),
+    "lvvit_s": (26.15, 224),
+    "lvvit_m": (55.83, 224),
+    "lvvit_l": (150.47, 448),
+    "deit_tiny_patch16_224": (5.72, 224),
+    "deit_small_patch16_224": (22.05, 224),
+    "deit_base_patch16_224": (86.57, 224),
+}
+
+
+def rel_err(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+def load_fixture(name: str) -> dict:
+    with np.load(FIXTURES / name) as data:
+        return {k: data[k] for k in data.files}
+
+
+def state_dict_of(fixture: dict) -> dict:
+    return {k[3:]: v.astype(np.float32) for k, v in fixture.items() if k.startswith("sd/")}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS_M))
+def test_parameter_counts_match_the_papers(name):
+    expected, img_size = PARAMS_M[name]
+    model = models.create_model(name, img_size=img_size)
+    count = models.count_params(models.abstract_variables(model)["params"])
+    assert round(count / 1e6, 2) == expected
+
+
+def test_every_name_is_listed_and_builds():
+    names = models.list_models()
+    assert set(PARAMS_M) | {"deit_tiny_sot", "deit_small_sot", "deit_base_sot"} == set(names)
+    for name in names:
+        assert "params" in models.abstract_variables(models.create_model(name, num_classes=7))
+
+
+@pytest.fixture
+def variant(monkeypatch):
+    """Register a tiny variant of a model (the fixtures' architectures) under a fresh name."""
+
+    def register(config: dict) -> str:
+        spec = models.get_spec(config["model"])
+        spec = dataclasses.replace(spec, backbone={**spec.backbone, **config.get("backbone", {})})
+        name = config["model"] + "_variant"
+        monkeypatch.setitem(models._REGISTRY, name, spec)
+        return name
+
+    return register
+
+
+@pytest.mark.parametrize(
+    "fixture", ["sot_tiny_variant.npz", "hvt_variant.npz", "lvvit_variant.npz", "deit_variant.npz"]
+)
+def test_converted_official_model_gives_official_logits(variant, fixture):
+    data = load_fixture(fixture)
+    config = json.loads(str(data["config"]))
+    name = variant(config)
+    overrides = {**config.get("overrides", {}), **({"img_size": config["img_size"]} if "img_size" in config else {})}
+    variables = models.from_torch(name, state_dict_of(data), **overrides)
+    model = models.create_model(name, num_classes=config["num_classes"], **overrides)
+    with jax.default_matmul_precision("highest"):
+        logits = model.apply(variables, jnp.asarray(data["images"]), train=False)
+    assert logits.shape == data["logits"].shape
+    assert rel_err(logits, data["logits"]) <= 1e-4
+
+
+HEAD_FIXTURES = sorted(p.name for p in FIXTURES.glob("sot_head_*.npz"))
+
+
+@pytest.mark.parametrize("fixture", HEAD_FIXTURES + ["head_small_official.npz"])
+def test_sot_head_matches_official_classifier(fixture):
+    data = load_fixture(fixture)
+    config = json.loads(str(data["config"])) if "config" in data else dict(head="mgcrp", fusion="sum_fc", wr_dim=24)
+    tokens = jnp.asarray(data["tokens"])
+    head = ClassifierHead(
+        num_classes=data["logits"].shape[-1],
+        representation=config["head"],
+        fusion=config["fusion"],
+        num_heads=6,
+        wr_dim=config["wr_dim"],
+    )
+    abstract = jax.eval_shape(lambda t: head.init(jax.random.key(0), t, train=False), tokens)
+    renames = (("representation.svpn_start", "representation.norm.weight"),)
+    ignored = tuple(k.removeprefix("classifier.") for k in models.unused_official_keys(config["fusion"]))
+    variables = models.convert_variables(abstract, state_dict_of(data), renames, ignored)
+    with jax.default_matmul_precision("highest"):
+        logits = head.apply(variables, tokens, train=False)
+        if config["fusion"] == "sum_loss":  # official eval returns both logit sets; training returns them here
+            pair = head.apply(variables, tokens, train=True)
+            assert rel_err(jnp.stack(pair), data["logits"]) <= 1e-4
+            np.testing.assert_allclose(logits, pair[0] + pair[1], rtol=1e-6)
+            return
+    assert rel_err(logits, data["logits"].reshape(logits.shape)) <= 1e-4
+
+
+def tiny(name: str, monkeypatch, **backbone):
+    spec = models.get_spec(name)
+    small = dict(embed_dim=24, depth=2, num_heads=2, mlp_hidden=48, **backbone)
+    monkeypatch.setitem(
+        models._REGISTRY, "tiny_" + name, dataclasses.replace(spec, backbone={**spec.backbone, **small})
+    )
+    return "tiny_" + name
+
+
+@pytest.mark.parametrize(
+    "head,fusion,extra",
+    [
+        ("cls", "sum_fc", {}),
+        ("gap", "sum_fc", {}),
+        ("gem", "concat", {}),
+        ("ggem", "sum_fc", {}),
+        ("ggem", "aggre_all", {"gem_positive": "softplus"}),
+        ("gcp", "sum_fc", {}),
+        ("mgcrp", "sum_fc", {}),
+        ("mgcrp", "sum_fc", {"svpn": "gram_eigh"}),
+        ("mgcrp", "concat", {"svpn": "svd"}),
+        ("token_label", "sum_fc", {}),
+    ],
+)
+def test_every_head_runs_on_a_cls_backbone_in_eval_and_training(monkeypatch, head, fusion, extra):
+    name = tiny("deit_tiny_patch16_224", monkeypatch)
+    model = models.create_model(name, num_classes=5, img_size=32, head=head, fusion=fusion, wr_dim=4, **extra)
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+    variables = model.init({"params": jax.random.key(0)}, images)
+    logits = model.apply(variables, images, train=False)
+    assert logits.shape == (2, 5) and logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
+    out = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(1)})
+    if head == "token_label":
+        assert out[0].shape == (2, 5) and out[1].shape == (2, 4, 5)
+    else:
+        assert out.shape == (2, 5)
+    grads = jax.grad(lambda p: jnp.sum(model.apply({**variables, "params": p}, images, train=False)))(
+        variables["params"]
+    )
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_ggem_learns_one_power_per_head_group(monkeypatch):
+    name = tiny("deit_tiny_patch16_224", monkeypatch)
+    model = models.create_model(name, num_classes=3, img_size=32, head="ggem", fusion="sum_fc")
+    params = models.abstract_variables(model)["params"]
+    assert params["classifier"]["representation"]["p"].shape == (2,)  # the backbone's 2 attention heads
+
+
+def test_generalized_mean_interpolates_mean_and_max():
+    from sot_jax.models.heads import GeM
+
+    x = jnp.asarray(np.random.default_rng(0).uniform(0.1, 2.0, size=(2, 9, 4)), jnp.float32)
+    for p, expected in ((1.0, x.mean(axis=1)), (60.0, x.max(axis=1))):
+        out = GeM(groups=2, p_init=p).apply({"params": {"p": jnp.full((2,), p)}}, x)
+        np.testing.assert_allclose(out, expected, rtol=0.05)
+
+
+def test_hvt_pooling_schedule():
+    assert [n for n in hvt_pooled_lengths(196, 12, 3) if n] == [97, 48, 23, 11]
+    assert hvt_pooled_lengths(196, 12, None) == [None] * 12
+    params = models.abstract_variables(models.create_model("hvt_s_1"))["params"]
+    assert params["blocks_0"]["pos_embed"].shape == (1, 97, 384) and "pos_embed" not in params["blocks_1"]
+
+
+def test_bfloat16_computes_in_bfloat16_with_float32_parameters(monkeypatch):
+    name = tiny("sot_tiny", monkeypatch)
+    model = models.create_model(name, num_classes=4, dtype=jnp.bfloat16, wr_dim=4)
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(1, 224, 224, 3)), jnp.float32)
+    variables = model.init({"params": jax.random.key(0)}, images)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+    logits = model.apply(variables, images)
+    reference = models.create_model(name, num_classes=4, wr_dim=4).apply(variables, images)
+    assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
+    assert rel_err(logits, reference) < 0.1  # bf16 rounding, not a different function
+
+
+def test_image_size_sets_the_position_embedding_and_is_checked():
+    model = models.create_model("deit_tiny_patch16_224", img_size=(32, 48))
+    assert models.abstract_variables(model)["params"]["pos_embed"].shape == (1, 1 + 2 * 3, 192)
+    with pytest.raises(ValueError, match="image size 30x30 must be positive and divisible by its stride 16"):
+        models.create_model("sot_small", img_size=30)
+    variables = models.abstract_variables(model)
+    with pytest.raises(ValueError, match="built for NHWC images of 32x48"):
+        model.apply(variables, jnp.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: models.create_model("sot_huge"), "unknown model 'sot_huge'; valid names: deit_base_patch16_224"),
+        (lambda: models.create_model("sot_small", svnp="svd"), "unknown option"),
+        (lambda: models.create_model("sot_small", num_classes=0), "num_classes must be a positive integer"),
+    ],
+)
+def test_registry_errors_are_clear(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"head": "attention"}, "unknown head 'attention'"),
+        ({"fusion": "mean"}, "unknown fusion 'mean'"),
+        ({"svpn": "qr"}, "unknown svpn method 'qr'"),
+        ({"head": "cls"}, "needs a class token"),
+    ],
+)
+def test_bad_head_options_are_named(overrides, message):
+    model = models.create_model("hvt_ti_1", img_size=32, **overrides)
+    with pytest.raises(ValueError, match=message):
+        models.abstract_variables(model)
+
+
+def test_from_torch_names_missing_unexpected_and_misshaped_keys(variant):
+    data = load_fixture("deit_variant.npz")
+    config = json.loads(str(data["config"]))
+    name = variant(config)
+    state_dict = state_dict_of(data)
+    del state_dict["blocks.1.mlp.fc2.bias"]
+    state_dict["blocks.0.extra.weight"] = np.zeros(3)
+    state_dict["norm.weight"] = np.zeros(47)
+    with pytest.raises(ValueError) as error:
+        models.from_torch(name, state_dict, img_size=64)
+    message = str(error.value)
+    assert "1 missing key(s): blocks.1.mlp.fc2.bias" in message
+    assert "1 unexpected key(s): blocks.0.extra.weight" in message
+    assert "norm.weight: checkpoint (47,), model needs (48,)" in message
