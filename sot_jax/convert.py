@@ -71,6 +71,7 @@ def convert(
     img_size: int | None = None,
 ) -> Path:
     """Convert and save; returns the written directory. Raises ValueError/FileExistsError on bad input."""
+    models.get_spec(model)  # an unknown name fails before any file is read
     state_dict = read_state_dict(checkpoint, ema=ema, allow_pickle=allow_pickle)
     overrides = {} if img_size is None else {"img_size": img_size}
     variables = models.from_torch(model, state_dict, **overrides)

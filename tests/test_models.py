@@ -2,18 +2,16 @@
 
 import dataclasses
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from official_fixtures import FIXTURES, load_fixture, rel_err, state_dict_of
 
 from sot_jax import models
 from sot_jax.models.heads import ClassifierHead
 from sot_jax.models.vision_transformer import hvt_pooled_lengths
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 # SPEC §1, §5, §6 (millions of trainable parameters, 1000 classes; lvvit_l at its 448 px resolution) and timm's
 # DeiT counts.
@@ -35,19 +33,6 @@ PARAMS_M = {
     "deit_small_patch16_224": (22.05, 224),
     "deit_base_patch16_224": (86.57, 224),
 }
-
-
-def rel_err(a, b) -> float:
-    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
-
-
-def load_fixture(name: str) -> dict:
-    with np.load(FIXTURES / name) as data:
-        return {k: data[k] for k in data.files}
-
-
-def state_dict_of(fixture: dict) -> dict:
-    return {k[3:]: v.astype(np.float32) for k, v in fixture.items() if k.startswith("sd/")}
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS_M))
