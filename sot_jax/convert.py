@@ -68,12 +68,12 @@ def convert(
     output: str | Path,
     ema: bool = False,
     allow_pickle: bool = False,
-    img_size: int | None = None,
+    **overrides: Any,
 ) -> Path:
-    """Convert and save; returns the written directory. Raises ValueError/FileExistsError on bad input."""
-    models.get_spec(model)  # an unknown name fails before any file is read
+    """Convert and save; returns the written directory. `overrides` (img_size, embed_dim, depth, …) go to
+    `models.create_model` and are recorded in the checkpoint. Raises ValueError/FileExistsError on bad input."""
+    models.create_model(model, **overrides)  # an unknown name or option fails before any file is read
     state_dict = read_state_dict(checkpoint, ema=ema, allow_pickle=allow_pickle)
-    overrides = {} if img_size is None else {"img_size": img_size}
     variables = models.from_torch(model, state_dict, **overrides)
     num_classes = models.infer_num_classes(model, {k.removeprefix("module."): v for k, v in state_dict.items()})
     metadata = {"model": model, "num_classes": num_classes, "overrides": overrides, "source": str(checkpoint)}
@@ -91,10 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="new directory for the Orbax checkpoint")
     parser.add_argument("--ema", action="store_true", help="convert state_dict_ema")
     parser.add_argument("--img-size", type=int, help="image size the weights were trained at (default 224)")
+    for option in ("embed_dim", "depth", "num_heads", "mlp_hidden"):
+        parser.add_argument(
+            f"--{option.replace('_', '-')}", type=int, help="architecture override (non-standard variants)"
+        )
     parser.add_argument("--allow-pickle", action="store_true", help="let torch.load unpickle arbitrary objects")
     args = parser.parse_args(argv)
     try:
-        written = convert(args.model, args.checkpoint, args.output, args.ema, args.allow_pickle, args.img_size)
+        options = ("img_size", "embed_dim", "depth", "num_heads", "mlp_hidden")
+        overrides = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
+        written = convert(args.model, args.checkpoint, args.output, args.ema, args.allow_pickle, **overrides)
     except (ValueError, FileExistsError) as e:
         sys.exit(f"error: {e}")
     print(f"wrote {written}")

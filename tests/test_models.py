@@ -1,6 +1,5 @@
 """Model zoo: registry, parameter counts, and fidelity to the official PyTorch code (fixtures in tests/fixtures)."""
 
-import dataclasses
 import json
 
 import jax
@@ -50,30 +49,20 @@ def test_every_name_is_listed_and_builds():
         assert "params" in models.abstract_variables(models.create_model(name, num_classes=7))
 
 
-@pytest.fixture
-def variant(monkeypatch):
-    """Register a tiny variant of a model (the fixtures' architectures) under a fresh name."""
-
-    def register(config: dict) -> str:
-        spec = models.get_spec(config["model"])
-        spec = dataclasses.replace(spec, backbone={**spec.backbone, **config.get("backbone", {})})
-        name = config["model"] + "_variant"
-        monkeypatch.setitem(models._REGISTRY, name, spec)
-        return name
-
-    return register
+def fixture_overrides(config: dict) -> dict:
+    """create_model/from_torch overrides that rebuild a fixture's architecture."""
+    return {**config.get("backbone", {}), **config.get("overrides", {}), "img_size": config.get("img_size", 224)}
 
 
 @pytest.mark.parametrize(
     "fixture", ["sot_tiny_variant.npz", "hvt_variant.npz", "lvvit_variant.npz", "deit_variant.npz"]
 )
-def test_converted_official_model_gives_official_logits(variant, fixture):
+def test_converted_official_model_gives_official_logits(fixture):
     data = load_fixture(fixture)
     config = json.loads(str(data["config"]))
-    name = variant(config)
-    overrides = {**config.get("overrides", {}), **({"img_size": config["img_size"]} if "img_size" in config else {})}
-    variables = models.from_torch(name, state_dict_of(data), **overrides)
-    model = models.create_model(name, num_classes=config["num_classes"], **overrides)
+    overrides = fixture_overrides(config)
+    variables = models.from_torch(config["model"], state_dict_of(data), **overrides)
+    model = models.create_model(config["model"], num_classes=config["num_classes"], **overrides)
     with jax.default_matmul_precision("highest"):
         logits = model.apply(variables, jnp.asarray(data["images"]), train=False)
     assert logits.shape == data["logits"].shape
@@ -109,13 +98,7 @@ def test_sot_head_matches_official_classifier(fixture):
     assert rel_err(logits, data["logits"].reshape(logits.shape)) <= 1e-4
 
 
-def tiny(name: str, monkeypatch, **backbone):
-    spec = models.get_spec(name)
-    small = dict(embed_dim=24, depth=2, num_heads=2, mlp_hidden=48, **backbone)
-    monkeypatch.setitem(
-        models._REGISTRY, "tiny_" + name, dataclasses.replace(spec, backbone={**spec.backbone, **small})
-    )
-    return "tiny_" + name
+TINY = dict(embed_dim=24, depth=2, num_heads=2, mlp_hidden=48)
 
 
 @pytest.mark.parametrize(
@@ -133,9 +116,10 @@ def tiny(name: str, monkeypatch, **backbone):
         ("token_label", "sum_fc", {}),
     ],
 )
-def test_every_head_runs_on_a_cls_backbone_in_eval_and_training(monkeypatch, head, fusion, extra):
-    name = tiny("deit_tiny_patch16_224", monkeypatch)
-    model = models.create_model(name, num_classes=5, img_size=32, head=head, fusion=fusion, wr_dim=4, **extra)
+def test_every_head_runs_on_a_cls_backbone_in_eval_and_training(head, fusion, extra):
+    model = models.create_model(
+        "deit_tiny_patch16_224", num_classes=5, img_size=32, head=head, fusion=fusion, wr_dim=4, **TINY, **extra
+    )
     images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
     variables = model.init({"params": jax.random.key(0)}, images)
     logits = model.apply(variables, images, train=False)
@@ -151,9 +135,8 @@ def test_every_head_runs_on_a_cls_backbone_in_eval_and_training(monkeypatch, hea
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
-def test_ggem_learns_one_power_per_head_group(monkeypatch):
-    name = tiny("deit_tiny_patch16_224", monkeypatch)
-    model = models.create_model(name, num_classes=3, img_size=32, head="ggem", fusion="sum_fc")
+def test_ggem_learns_one_power_per_head_group():
+    model = models.create_model("deit_tiny_patch16_224", num_classes=3, img_size=32, head="ggem", **TINY)
     params = models.abstract_variables(model)["params"]
     assert params["classifier"]["representation"]["p"].shape == (2,)  # the backbone's 2 attention heads
 
@@ -174,14 +157,13 @@ def test_hvt_pooling_schedule():
     assert params["blocks_0"]["pos_embed"].shape == (1, 97, 384) and "pos_embed" not in params["blocks_1"]
 
 
-def test_bfloat16_computes_in_bfloat16_with_float32_parameters(monkeypatch):
-    name = tiny("sot_tiny", monkeypatch)
-    model = models.create_model(name, num_classes=4, dtype=jnp.bfloat16, wr_dim=4)
+def test_bfloat16_computes_in_bfloat16_with_float32_parameters():
+    model = models.create_model("sot_tiny", num_classes=4, dtype=jnp.bfloat16, wr_dim=4, **TINY)
     images = jnp.asarray(np.random.default_rng(0).normal(size=(1, 224, 224, 3)), jnp.float32)
     variables = model.init({"params": jax.random.key(0)}, images)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
     logits = model.apply(variables, images)
-    reference = models.create_model(name, num_classes=4, wr_dim=4).apply(variables, images)
+    reference = models.create_model("sot_tiny", num_classes=4, wr_dim=4, **TINY).apply(variables, images)
     assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
     assert rel_err(logits, reference) < 0.1  # bf16 rounding, not a different function
 
@@ -202,6 +184,7 @@ def test_image_size_sets_the_position_embedding_and_is_checked():
         (lambda: models.create_model("sot_huge"), "unknown model 'sot_huge'; valid names: deit_base_patch16_224"),
         (lambda: models.create_model("sot_small", svnp="svd"), "unknown option"),
         (lambda: models.create_model("sot_small", num_classes=0), "num_classes must be a positive integer"),
+        (lambda: models.create_model("sot_small", embed_dim=100), "embed_dim 100 is not divisible by num_heads 6"),
     ],
 )
 def test_registry_errors_are_clear(call, message):
@@ -224,16 +207,15 @@ def test_bad_head_options_are_named(overrides, message):
         models.abstract_variables(model)
 
 
-def test_from_torch_names_missing_unexpected_and_misshaped_keys(variant):
+def test_from_torch_names_missing_unexpected_and_misshaped_keys():
     data = load_fixture("deit_variant.npz")
     config = json.loads(str(data["config"]))
-    name = variant(config)
     state_dict = state_dict_of(data)
     del state_dict["blocks.1.mlp.fc2.bias"]
     state_dict["blocks.0.extra.weight"] = np.zeros(3)
     state_dict["norm.weight"] = np.zeros(47)
     with pytest.raises(ValueError) as error:
-        models.from_torch(name, state_dict, img_size=64)
+        models.from_torch(config["model"], state_dict, **fixture_overrides(config))
     message = str(error.value)
     assert "1 missing key(s): blocks.1.mlp.fc2.bias" in message
     assert "1 unexpected key(s): blocks.0.extra.weight" in message

@@ -31,7 +31,17 @@ from sot_jax.models.vision_transformer import VisionTransformer
 _REGISTRY: dict[str, ModelSpec] = {**deit.MODELS, **sot.MODELS, **hvt.MODELS, **lvvit.MODELS}
 
 # create_model's keyword overrides: backbone fields, and head fields under user-facing names.
-BACKBONE_OVERRIDES = ("img_size", "drop_path_rate", "dropout", "dtype")
+BACKBONE_OVERRIDES = (
+    "img_size",
+    "drop_path_rate",
+    "dropout",
+    "dtype",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_hidden",
+    "pool_block_width",
+)
 HEAD_OVERRIDES = {
     "head": "representation",
     "fusion": "fusion",
@@ -58,8 +68,9 @@ def get_spec(name: str) -> ModelSpec:
 
 def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> VisionTransformer:
     """Build a registered model. Overrides: img_size, drop_path_rate, dropout, dtype (compute dtype; parameters
-    stay float32), and for the head: head, fusion, svpn, svpn_alpha, wr_dim, mgcrp_heads, head_dropout,
-    gem_groups (ggem; default the backbone's attention heads), gem_positive."""
+    stay float32), the trunk's embed_dim, depth, num_heads, mlp_hidden (and HVT's pool_block_width), and for the
+    head: head, fusion, svpn, svpn_alpha, wr_dim, mgcrp_heads, head_dropout, gem_groups (ggem; default the
+    backbone's attention heads), gem_positive."""
     spec = get_spec(name)
     unknown = set(overrides) - set(BACKBONE_OVERRIDES) - set(HEAD_OVERRIDES)
     if unknown:
@@ -67,9 +78,11 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> Vision
         raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} for {name}; valid: {valid}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    head = {**spec.head, "gem_groups": spec.backbone["num_heads"]}
-    head.update({HEAD_OVERRIDES[k]: v for k, v in overrides.items() if k in HEAD_OVERRIDES})
     backbone = {**spec.backbone, **{k: v for k, v in overrides.items() if k in BACKBONE_OVERRIDES}}
+    if backbone["embed_dim"] % backbone["num_heads"]:
+        raise ValueError(f"embed_dim {backbone['embed_dim']} is not divisible by num_heads {backbone['num_heads']}")
+    head = {**spec.head, "gem_groups": backbone["num_heads"]}
+    head.update({HEAD_OVERRIDES[k]: v for k, v in overrides.items() if k in HEAD_OVERRIDES})
     dtype = backbone.get("dtype", jnp.float32)
     model = VisionTransformer(
         model_name=name,
