@@ -1,0 +1,104 @@
+"""Batch-level augmentation on the accelerator, inside the jitted train step (timm's semantics).
+
+Images arrive as uint8 NHWC; `normalize` maps them to ImageNet-normalized float32. Random erasing (timm's
+`RandomErasing(mode='pixel')`) then works per image, Mixup/CutMix per batch with the batch reversed as partner.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IMAGENET_MEAN = jnp.array([0.485, 0.456, 0.406]) * 255
+IMAGENET_STD = jnp.array([0.229, 0.224, 0.225]) * 255
+
+
+def normalize(images: jax.Array) -> jax.Array:
+    return (images.astype(jnp.float32) - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
+    """timm's label smoothing: off-value smoothing/C, on-value 1 - smoothing + smoothing/C."""
+    off = smoothing / num_classes
+    return jax.nn.one_hot(labels, num_classes) * (1.0 - smoothing) + off
+
+
+def random_erasing(
+    rng: jax.Array,
+    images: jax.Array,
+    probability: float,
+    min_area: float = 0.02,
+    max_area: float = 1 / 3,
+    min_aspect: float = 0.3,
+    attempts: int = 10,
+) -> jax.Array:
+    """Erase one random rectangle per image with probability `probability`, filled with N(0, 1) pixels.
+
+    Like timm: target area uniform in [min_area, max_area] of the image, log-uniform aspect ratio in
+    [min_aspect, 1/min_aspect]; the first of `attempts` draws that fits is used (none fits: unchanged).
+    """
+    if probability <= 0:
+        return images
+    batch, height, width, channels = images.shape
+
+    def erase(key, image):
+        apply_key, area_key, aspect_key, top_key, left_key, noise_key = jax.random.split(key, 6)
+        area = jax.random.uniform(area_key, (attempts,), minval=min_area, maxval=max_area) * height * width
+        log_aspect = jax.random.uniform(
+            aspect_key, (attempts,), minval=jnp.log(min_aspect), maxval=-jnp.log(min_aspect)
+        )
+        h = jnp.round(jnp.sqrt(area * jnp.exp(log_aspect))).astype(jnp.int32)
+        w = jnp.round(jnp.sqrt(area / jnp.exp(log_aspect))).astype(jnp.int32)
+        fits = (h < height) & (w < width)
+        first = jnp.argmax(fits)
+        h, w = h[first], w[first]
+        top = jax.random.randint(top_key, (), 0, jnp.maximum(height - h, 1))
+        left = jax.random.randint(left_key, (), 0, jnp.maximum(width - w, 1))
+        rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+        inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+        apply = (jax.random.uniform(apply_key) < probability) & jnp.any(fits)
+        noise = jax.random.normal(noise_key, image.shape, image.dtype)
+        return jnp.where(apply & inside[..., None], noise, image)
+
+    return jax.vmap(erase)(jax.random.split(rng, batch), images)
+
+
+def mixup_cutmix(
+    rng: jax.Array,
+    images: jax.Array,
+    targets: jax.Array,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    switch_prob: float = 0.5,
+    prob: float = 1.0,
+) -> tuple[jax.Array, jax.Array]:
+    """timm's Mixup in 'batch' mode: with probability `prob` mix the batch with its reverse, by CutMix with
+    probability `switch_prob` (when both are on) else Mixup; targets mix with the (area-corrected) lambda."""
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return images, targets
+    apply_key, switch_key, mix_key, cut_key, box_key = jax.random.split(rng, 5)
+    batch, height, width, _ = images.shape
+    if cutmix_alpha > 0 and mixup_alpha > 0:
+        use_cutmix = jax.random.uniform(switch_key) < switch_prob
+    else:
+        use_cutmix = jnp.asarray(cutmix_alpha > 0)
+    lam_mix = jax.random.beta(mix_key, max(mixup_alpha, 1e-6), max(mixup_alpha, 1e-6))
+    lam_cut = jax.random.beta(cut_key, max(cutmix_alpha, 1e-6), max(cutmix_alpha, 1e-6))
+
+    # CutMix box: side sqrt(1 - lambda) of each dimension, uniform centre, clipped; lambda corrected by its area.
+    cut_h = (height * jnp.sqrt(1.0 - lam_cut)).astype(jnp.int32)
+    cut_w = (width * jnp.sqrt(1.0 - lam_cut)).astype(jnp.int32)
+    cy_key, cx_key = jax.random.split(box_key)
+    cy, cx = jax.random.randint(cy_key, (), 0, height), jax.random.randint(cx_key, (), 0, width)
+    top, bottom = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
+    left, right = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
+    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+    box = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    lam_cut = 1.0 - (bottom - top) * (right - left) / (height * width)
+
+    apply = jax.random.uniform(apply_key) < prob
+    lam = jnp.where(apply, jnp.where(use_cutmix, lam_cut, lam_mix), 1.0)
+    partner = images[::-1]
+    mixed = jnp.where(use_cutmix, jnp.where(box[None, :, :, None], partner, images), lam * images + (1 - lam) * partner)
+    images = jnp.where(apply, mixed, images)
+    return images, lam * targets + (1 - lam) * targets[::-1]
