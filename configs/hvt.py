@@ -16,8 +16,10 @@ VARIANTS = ("hvt_ti_1", "hvt_s_0", "hvt_s_1", "hvt_s_2", "hvt_s_3", "scale_hvt_t
 
 def get_config(variant: str = "hvt_s_1"):
     config = recipes.base_config()
-    if variant == "digits":
-        return recipes.digits_demo(config, "hvt_ti_1", pool_block_width=1)
+    if variant == "digits":  # 64 px: 16 tokens, pooled to 7 after the first block
+        config = recipes.digits_demo(config, "hvt_ti_1", pool_block_width=2)
+        config.image_size = 64
+        return config
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of digits, {', '.join(VARIANTS)}")
     config.model.name = variant

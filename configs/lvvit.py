@@ -28,6 +28,5 @@ def get_config(variant: str = "lvvit_s"):
     config.ema_decay = 0.0
     if variant == "lvvit_l":
         config.image_size = 448
-        config.model.overrides.img_size = 448
         config.eval_crop_pct = 1.0
     return config

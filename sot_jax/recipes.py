@@ -80,7 +80,7 @@ def digits_demo(config: ml_collections.ConfigDict, model: str, **model_overrides
     config.model.name = model
     config.model.dtype = "float32"
     config.model.overrides = ml_collections.ConfigDict(
-        {"img_size": 32, "embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_hidden": 128, "drop_path_rate": 0.0,
+        {"embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_hidden": 128, "drop_path_rate": 0.0,
          **model_overrides}
     )  # fmt: skip
     config.batch_size = 64

@@ -71,6 +71,7 @@ def validate_config(config: Any, num_devices: int, process_count: int) -> None:
 
 
 def build_model(config: Any, num_classes: int):
+    """The config's model at config.image_size (an img_size in model.overrides is ignored)."""
     overrides = {k: v for k, v in config.model.overrides.items() if k != "img_size"}
     return models.create_model(
         config.model.name,
@@ -221,7 +222,7 @@ def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, mod
 def fsdp_spec(shape: tuple[int, ...], mesh_size: int) -> P:
     """Shard the largest axis that the mesh divides (replicate small or indivisible arrays)."""
     candidates = [i for i in np.argsort(shape)[::-1] if shape[i] % mesh_size == 0 and shape[i] >= mesh_size]
-    if not candidates or int(np.prod(shape)) < 2**14:
+    if not candidates or int(np.prod(shape)) < 2**10:
         return P()
     spec = [None] * len(shape)
     spec[candidates[0]] = "data"
@@ -278,14 +279,17 @@ def read_init_variables(directory: str) -> dict[str, Any]:
         _, variables, _ = checkpoints.load_model(path)
         return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    manager = ocp.CheckpointManager(
-        root, item_names=("state", "meta"), options=ocp.CheckpointManagerOptions(read_only=True)
-    )
-    step = manager.latest_step()
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    manager = ocp.CheckpointManager(root, item_handlers=handlers, options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step() if root.is_dir() else None
     if step is None:
         raise ValueError(f"init_from={directory}: no sot_jax model checkpoint or training checkpoint found there")
     try:
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+        # Restore onto this machine's devices (replicated), whatever topology wrote the checkpoint.
+        replicated = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P())
+        metadata = manager.item_metadata(step)["state"]
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), metadata)
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
     except Exception as e:
         raise ValueError(f"init_from={directory}: cannot read checkpoint {root / str(step)}: {e}") from e
     keys = ("params", "batch_stats", "ema_params", "ema_batch_stats")
@@ -484,10 +488,9 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
     stopper = Stopper()
     meta = {"model": config.model.name, "num_classes": setup.num_classes, "config": config.to_json_best_effort()}
     try:
-        state = run_loop(
-            state, start, total_steps, eval_every, batches, step_fn, setup, config, manager, log, stopper, meta,
-            after_step,
-        )  # fmt: skip
+        state = Loop(setup, config, manager, log, meta).run(
+            state, start, total_steps, eval_every, batches, step_fn, stopper, after_step
+        )
     finally:
         manager.wait_until_finished()
         stopper.close()
@@ -509,80 +512,88 @@ def start_from_pretrained(state: TrainState, directory: str, shardings: TrainSta
     return jax.device_put(state, shardings)
 
 
-def run_loop(
-    state, start, total_steps, eval_every, batches: Iterator, step_fn, setup, config, manager, log, stopper, meta,
-    after_step,
-) -> TrainState:  # fmt: skip
-    from tqdm import tqdm
+class Loop:
+    """The step loop's bookkeeping: metrics fetched lazily from the device, checkpoints, evaluation, stopping."""
 
-    is_main = jax.process_index() == 0
-    progress = tqdm(total=total_steps, initial=start, disable=not is_main, dynamic_ncols=True, mininterval=2)
-    pending: list[tuple[int, dict]] = []  # metrics still on the device (fetched at log time: no per-step sync)
-    last_saved = manager.latest_step()
-    window_start, window_step = time.perf_counter(), start
+    def __init__(self, setup: Setup, config: Any, manager: ocp.CheckpointManager, log: MetricsLog, meta: dict):
+        self.setup, self.config, self.manager, self.log, self.meta = setup, config, manager, log, meta
+        self.pending: list[tuple[int, dict]] = []  # per-step metrics still on the device: no per-step sync
+        self.last_saved = manager.latest_step()
+        self.window_start, self.window_step = time.perf_counter(), None
+        self.progress = None
 
-    def flush_metrics(step: int) -> None:
-        nonlocal window_start, window_step
-        values = [(s, jax.device_get(m)) for s, m in pending]
-        pending.clear()
+    def flush_metrics(self, step: int) -> None:
+        """Fetch pending metrics; stop at the first non-finite loss; log the latest values."""
+        values = [(s, jax.device_get(m)) for s, m in self.pending]
+        self.pending.clear()
         for s, m in values:
             if not math.isfinite(float(m["loss"])):
                 where = (
-                    f"the last good checkpoint, step {last_saved}, is intact in {manager.directory}"
-                    if last_saved is not None
+                    f"the last good checkpoint, step {self.last_saved}, is intact in {self.manager.directory}"
+                    if self.last_saved is not None
                     else "no checkpoint was written yet"
                 )
                 raise NonFiniteLossError(f"loss became {float(m['loss'])} at step {s + 1}; stopping ({where})")
         if values:
-            elapsed = time.perf_counter() - window_start
-            img_per_sec = (step - window_step) * config.batch_size / max(elapsed, 1e-9)
-            window_start, window_step = time.perf_counter(), step
+            elapsed = time.perf_counter() - self.window_start
+            img_per_sec = (step - self.window_step) * self.config.batch_size / max(elapsed, 1e-9)
+            self.window_start, self.window_step = time.perf_counter(), step
             latest = {k: float(v) for k, v in values[-1][1].items()}
-            log.write(step, {**latest, "img_per_sec": img_per_sec})
-            progress.set_postfix(loss=f"{latest['loss']:.4f}", lr=f"{latest['lr']:.2e}", img_s=f"{img_per_sec:.0f}")
+            self.log.write(step, {**latest, "img_per_sec": img_per_sec})
+            self.progress.set_postfix(
+                loss=f"{latest['loss']:.4f}", lr=f"{latest['lr']:.2e}", img_s=f"{img_per_sec:.0f}"
+            )
 
-    def save(step: int, metrics: dict | None = None) -> None:
-        nonlocal last_saved
-        flush_metrics(step)  # never checkpoint a state that followed a non-finite loss
-        manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            metrics=metrics,
-            force=True,
-        )
-        last_saved = step
+    def save(self, step: int, state: TrainState, metrics: dict | None = None) -> None:
+        self.flush_metrics(step)  # never checkpoint a state that followed a non-finite loss
+        composite = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.meta))
+        self.manager.save(step, args=composite, metrics=metrics, force=True)
+        self.last_saved = step
 
-    step = start
-    while step < total_steps:
-        state, metrics = step_fn(state, global_batch(next(batches), setup.batch_sharding))
-        pending.append((step, metrics))
-        step += 1
-        progress.update(1)
-        if after_step is not None:
-            after_step(step)
-        if step % config.log_every_steps == 0:
-            flush_metrics(step)
-        evaluated = None
-        if step % eval_every == 0 or step == total_steps:
-            flush_metrics(step)
-            evaluated = evaluate(setup, config, state.params, state.batch_stats)
-            if state.ema_params is not None:
-                ema = evaluate(setup, config, state.ema_params, state.ema_batch_stats)
-                evaluated.update({f"ema_{k}": v for k, v in ema.items()})
-            log.write(step, evaluated)
-            if is_main:
-                progress.write(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in evaluated.items()))
-        if evaluated is not None or step % config.checkpoint_every_steps == 0 or step == total_steps:
-            save(step, {"val_top1": evaluated["val_top1"]} if evaluated else None)
-        if stopper.should_stop(step):
-            if last_saved != step:
-                save(step)
-            manager.wait_until_finished()
-            progress.write(f"SIGTERM: saved step {step} in {manager.directory}; rerun the same command to resume")
-            break
-    flush_metrics(step)
-    progress.close()
-    return state
+    def evaluate(self, step: int, state: TrainState) -> dict[str, float]:
+        self.flush_metrics(step)
+        results = evaluate(self.setup, self.config, state.params, state.batch_stats)
+        if state.ema_params is not None:
+            ema = evaluate(self.setup, self.config, state.ema_params, state.ema_batch_stats)
+            results.update({f"ema_{k}": v for k, v in ema.items()})
+        self.log.write(step, results)
+        if jax.process_index() == 0:
+            self.progress.write(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
+        return results
+
+    def run(self, state, step, total_steps, eval_every, batches: Iterator, step_fn, stopper, after_step) -> TrainState:
+        from tqdm import tqdm
+
+        config = self.config
+        self.window_step = step
+        self.progress = tqdm(total=total_steps, initial=step, disable=jax.process_index() != 0, dynamic_ncols=True)
+        try:
+            while step < total_steps:
+                state, metrics = step_fn(state, global_batch(next(batches), self.setup.batch_sharding))
+                self.pending.append((step, metrics))
+                step += 1
+                self.progress.update(1)
+                if after_step is not None:
+                    after_step(step)
+                if step % config.log_every_steps == 0:
+                    self.flush_metrics(step)
+                evaluated = None
+                if step % eval_every == 0 or step == total_steps:
+                    evaluated = self.evaluate(step, state)
+                if evaluated is not None or step % config.checkpoint_every_steps == 0 or step == total_steps:
+                    self.save(step, state, {"val_top1": evaluated["val_top1"]} if evaluated else None)
+                if stopper.should_stop(step):
+                    if self.last_saved != step:
+                        self.save(step, state)
+                    self.manager.wait_until_finished()
+                    self.progress.write(
+                        f"SIGTERM: saved step {step} in {self.manager.directory}; rerun the same command to resume"
+                    )
+                    break
+            self.flush_metrics(step)
+        finally:
+            self.progress.close()
+        return state
 
 
 def evaluate_checkpoint(config: Any) -> dict[str, float]:

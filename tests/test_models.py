@@ -185,6 +185,7 @@ def test_image_size_sets_the_position_embedding_and_is_checked():
         (lambda: models.create_model("sot_small", svnp="svd"), "unknown option"),
         (lambda: models.create_model("sot_small", num_classes=0), "num_classes must be a positive integer"),
         (lambda: models.create_model("sot_small", embed_dim=100), "embed_dim 100 is not divisible by num_heads 6"),
+        (lambda: models.create_model("scale_hvt_ti_4", img_size=64), "HVT pooling at block 9 needs at least 3 tokens"),
     ],
 )
 def test_registry_errors_are_clear(call, message):

@@ -26,7 +26,7 @@ import numpy as np
 
 from sot_jax.models import deit, hvt, lvvit, sot
 from sot_jax.models.spec import ModelSpec
-from sot_jax.models.vision_transformer import VisionTransformer
+from sot_jax.models.vision_transformer import VisionTransformer, hvt_pooled_lengths
 
 _REGISTRY: dict[str, ModelSpec] = {**deit.MODELS, **sot.MODELS, **hvt.MODELS, **lvvit.MODELS}
 
@@ -92,7 +92,8 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> Vision
         head=head,
         **backbone,
     )
-    _ = model.grid  # validates img_size now rather than at the first call
+    rows, cols = model.grid  # validates img_size (and HVT's pooling) now rather than at the first call
+    hvt_pooled_lengths(rows * cols, model.depth, model.pool_block_width)
     return model
 
 

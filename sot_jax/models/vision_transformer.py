@@ -24,6 +24,11 @@ def hvt_pooled_lengths(num_tokens: int, depth: int, pool_block_width: int | None
     lengths: list[int | None] = []
     for i in range(depth):
         if pool_block_width and i % pool_block_width == 0:
+            if num_tokens < 3:
+                raise ValueError(
+                    f"HVT pooling at block {i} needs at least 3 tokens, has {num_tokens}: use larger images or a "
+                    f"larger pool_block_width (now {pool_block_width})"
+                )
             num_tokens = (num_tokens - 3) // 2 + 1
             lengths.append(num_tokens)
         else:

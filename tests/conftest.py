@@ -1,0 +1,103 @@
+"""Shared fixtures: the embedded digits dataset prepared once per session, and small training configs."""
+
+import importlib.util
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_config(path: str, variant: str):
+    spec = importlib.util.spec_from_file_location("config_module", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+# A DeiT small enough that a CPU step takes milliseconds.
+TINY_MODEL = {"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_hidden": 64}
+
+
+def tiny_overrides() -> list[str]:
+    """The same small model as command-line flags for configs/sot_deit.py:digits."""
+    flags = ["--config.model.name=deit_tiny_patch16_224"]
+    return flags + [f"--config.model.overrides.{k}={v}" for k, v in TINY_MODEL.items()]
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> str:
+    from sot_jax import input_pipeline
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    input_pipeline.get_builder("digits", data_dir)  # prepares it
+    return data_dir
+
+
+@pytest.fixture
+def tiny_config(digits_dir):
+    """configs/sot_deit.py:digits with a tiny DeiT, batch 8, and a few steps."""
+
+    def make(**changes):
+        config = load_config("configs/sot_deit.py", "digits")
+        config.data_dir = digits_dir
+        config.model.name = "deit_tiny_patch16_224"
+        config.model.overrides.update(TINY_MODEL)
+        config.batch_size = 8
+        config.total_steps = 6
+        config.log_every_steps = 1
+        config.eval_every_steps = 3
+        config.checkpoint_every_steps = 3
+        config.eval_batch_size = 64
+        for key, value in changes.items():
+            target = config
+            *parents, leaf = key.split(".")
+            for parent in parents:
+                target = target[parent]
+            target[leaf] = value
+        return config
+
+    return make
+
+
+def write_tiny_imagenet(manual_dir, synsets=("n01440764", "n01443537"), per_class=4, val=6):
+    """ILSVRC2012_img_{train,val}.tar with the official layout (one inner tar per synset), random JPEGs."""
+    rng = np.random.default_rng(0)
+
+    def jpeg(seed):
+        pixels = np.random.default_rng(seed).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG")
+        return buffer.getvalue()
+
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(manual_dir / "ILSVRC2012_img_train.tar", "w") as outer:
+        for synset in synsets:
+            inner = io.BytesIO()
+            with tarfile.open(fileobj=inner, mode="w") as tar:
+                for i in range(per_class):
+                    add(tar, f"{synset}_{i}.JPEG", jpeg(int(rng.integers(1 << 30))))
+            add(outer, f"{synset}.tar", inner.getvalue())
+    with tarfile.open(manual_dir / "ILSVRC2012_img_val.tar", "w") as tar:
+        for i in range(1, val + 1):
+            add(tar, f"ILSVRC2012_val_{i:08d}.JPEG", jpeg(i))
+
+
+@pytest.fixture(scope="session")
+def tiny_imagenet(tmp_path_factory):
+    import tensorflow_datasets as tfds
+
+    manual = tmp_path_factory.mktemp("manual")
+    write_tiny_imagenet(manual)
+    data_dir = str(tmp_path_factory.mktemp("imagenet_tfds"))
+    builder = tfds.builder("imagenet2012", data_dir=data_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    return data_dir

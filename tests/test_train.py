@@ -1,0 +1,300 @@
+"""The trainer: resume equality, checkpoints, sharding, two processes, fine-tuning, evaluation, bad input."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT, tiny_overrides
+
+from sot_jax import checkpoints, models, plot, train
+
+
+def params_of(workdir) -> dict:
+    return train.read_init_variables(str(workdir))
+
+
+def assert_trees_close(a, b, rtol=0.0, atol=0.0):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def full_augmentation(tiny_config, **changes):
+    """The ImageNet recipe's augmentation and EMA on the tiny model: every source of randomness is exercised."""
+    return tiny_config(
+        randaugment_layers=2, hflip=True, random_erasing=0.25, mixup=0.8, cutmix=1.0, ema_decay=0.9, **changes
+    )
+
+
+def test_resume_after_sigterm_ends_with_the_same_params(tiny_config, tmp_path):
+    config = full_augmentation(tiny_config)
+    uninterrupted = train.train_and_evaluate(config, tmp_path / "a")
+
+    def interrupt(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    interrupted = train.train_and_evaluate(config, tmp_path / "b", after_step=interrupt)
+    assert int(interrupted.step) == 2
+    assert (tmp_path / "b" / "checkpoints" / "2").is_dir()  # SIGTERM saved before exiting
+    resumed = train.train_and_evaluate(config, tmp_path / "b")
+    assert int(resumed.step) == 6
+    assert_trees_close(uninterrupted.params, resumed.params)
+    assert_trees_close(uninterrupted.ema_params, resumed.ema_params)
+    assert_trees_close(uninterrupted.opt_state, resumed.opt_state)
+
+
+def test_checkpoints_keep_the_latest_and_the_best(tiny_config, tmp_path):
+    config = tiny_config(total_steps=8, eval_every_steps=2, checkpoint_every_steps=2, keep_checkpoints=2, lr=3e-3)
+    train.train_and_evaluate(config, tmp_path)
+    evals = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "val_top1" in r]
+    assert [r["step"] for r in evals] == [2, 4, 6, 8]
+    best = max(evals, key=lambda r: (r["val_top1"], -r["step"]))["step"]
+    kept = {int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()}
+    assert kept == {6, 8, best}
+    train_rows = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [r["step"] for r in train_rows] == list(range(1, 9))
+    assert all({"lr", "img_per_sec", "grad_norm"} <= set(r) for r in train_rows)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert plot.plot(tmp_path).is_file()
+
+
+def test_a_crashed_save_never_costs_the_previous_checkpoint(tiny_config, tmp_path):
+    config = tiny_config()
+    train.train_and_evaluate(config, tmp_path)
+    # A save interrupted mid-write leaves only Orbax's temporary directory behind.
+    partial = tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1234"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "garbage").write_bytes(b"\0" * 100)
+    state = train.train_and_evaluate(tiny_config(total_steps=9), tmp_path)
+    assert int(state.step) == 9
+    # A checkpoint corrupted after the fact is named, not silently skipped.
+    for path in (tmp_path / "checkpoints" / "9" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"corrupt")
+    with pytest.raises(ValueError, match=r"cannot resume from checkpoint .*checkpoints/9"):
+        train.train_and_evaluate(tiny_config(total_steps=12), tmp_path)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
+    config = tiny_config(lr=1e38, warmup_epochs=0, checkpoint_every_steps=1, eval_every_steps=100)
+    with pytest.raises(train.NonFiniteLossError) as error:
+        train.train_and_evaluate(config, tmp_path)
+    message = str(error.value)
+    bad_step = int(re.search(r"loss became \S+ at step (\d+); stopping", message).group(1))
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and max(saved) < bad_step  # nothing from the bad step on was written
+    assert f"the last good checkpoint, step {max(saved)}, is intact" in message
+    assert params_of(tmp_path)["params"]  # and it restores
+
+
+def test_gradient_accumulation_equals_one_big_batch(tiny_config, tmp_path):
+    runs = {}
+    for accum in (1, 2):
+        config = tiny_config(total_steps=2, label_smoothing=0.0, grad_accum_steps=accum)
+        state = train.train_and_evaluate(config, tmp_path / str(accum))
+        rows = [json.loads(r) for r in (tmp_path / str(accum) / "metrics.jsonl").read_text().splitlines()]
+        runs[accum] = (state, [r["grad_norm"] for r in rows if "grad_norm" in r])
+    np.testing.assert_allclose(runs[1][1], runs[2][1], rtol=1e-5)  # the same gradients
+    # Adam's first steps are about lr · sign(g): rounding in near-zero gradients moves params by up to ~lr.
+    assert_trees_close(runs[1][0].params, runs[2][0].params, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "model,overrides",
+    [("deit_tiny_sot", {"fusion": "sum_loss", "wr_dim": 4}), ("lvvit_t", {}), ("hvt_ti_1", {"pool_block_width": 2})],
+)
+def test_paired_losses_and_other_families_train(tiny_config, tmp_path, model, overrides):
+    config = tiny_config(total_steps=2, **{"model.name": model})
+    config.model.overrides.update(overrides)
+    state = train.train_and_evaluate(config, tmp_path)
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert int(state.step) == 2
+
+
+def test_init_from_a_converted_checkpoint_fine_tunes_a_new_classifier(tiny_config, tmp_path):
+    config = tiny_config(total_steps=1, warmup_lr=0.0, ema_decay=0.0)
+    pretrained_model = train.build_model(config, num_classes=7)
+    variables = pretrained_model.init({"params": jax.random.key(42)}, jnp.zeros((1, 32, 32, 3)))
+    metadata = {"model": config.model.name, "num_classes": 7, "overrides": dict(config.model.overrides)}
+    checkpoints.save_model(tmp_path / "pretrained", variables, metadata)
+    config.init_from = str(tmp_path / "pretrained")
+    state = train.train_and_evaluate(config, tmp_path / "run")  # lr 0 at step 0: params stay as loaded
+    assert state.params["classifier"]["cls_fc"]["kernel"].shape == (32, 10)
+    assert_trees_close(state.params["blocks_0"], variables["params"]["blocks_0"])
+    with pytest.raises(ValueError, match="init_from .* does not fit the model: .*blocks_0"):
+        train.merge_pretrained(state.params, {**variables["params"], "blocks_0": {}}, "x")
+
+
+def test_eval_only_reports_params_and_ema(tiny_config, tmp_path):
+    train.train_and_evaluate(tiny_config(ema_decay=0.9), tmp_path)
+    results = train.evaluate_checkpoint(tiny_config(eval_only=True, init_from=str(tmp_path)))
+    assert set(results) == {"val_top1", "val_top5", "ema_val_top1", "ema_val_top5"}
+    last = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines() if "val_top1" in r][-1]
+    assert results["val_top1"] == pytest.approx(last["val_top1"])
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"lr": 0.0}, "lr must be positive"),
+        ({"batch_size": 9, "grad_accum_steps": 2}, "batch_size 9 does not divide over 1 devices × 2 accumulation"),
+        ({"image_size": 30}, "image size 30x30 must be positive and divisible by its stride 16"),
+        ({"dataset": "no_such_dataset"}, "unknown dataset 'no_such_dataset'"),
+        ({"dataset": "imagenet2012"}, "tfds build imagenet2012 --manual_dir="),
+        ({"model.name": "sot_huge"}, "unknown model 'sot_huge'"),
+        ({"model.overrides.head": "attention"}, "unknown head 'attention'"),
+        ({"sharding": "tensor"}, "sharding must be 'data' or 'fsdp'"),
+    ],
+)
+def test_bad_config_stops_with_a_clear_message(tiny_config, tmp_path, changes, message):
+    config = tiny_config(data_dir=str(tmp_path / "empty") if changes.get("dataset") == "imagenet2012" else None)
+    if config.data_dir is None:
+        config = tiny_config()
+    for key, value in changes.items():
+        target, *path = key.split(".")
+        node = config
+        for part in [target, *path][:-1]:
+            node = node[part]
+        node[[target, *path][-1]] = value
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(config, tmp_path / "run")
+
+
+def run_main(args, env=None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sot_jax.main", "--config=configs/sot_deit.py:digits", *tiny_overrides(), *args],
+        cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600, **kwargs,
+    )  # fmt: skip
+
+
+def test_command_line_errors_exit_non_zero_with_one_message(digits_dir, tmp_path):
+    result = run_main([f"--workdir={tmp_path}", f"--config.data_dir={digits_dir}", "--config.lr=-1"])
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == "error: invalid config: lr must be positive, got -1.0"
+
+
+def common_flags(digits_dir, workdir):
+    return [
+        f"--workdir={workdir}", f"--config.data_dir={digits_dir}", "--config.batch_size=8", "--config.total_steps=3",
+        "--config.eval_every_steps=3", "--config.checkpoint_every_steps=3", "--config.mixup=0.8", "--config.cutmix=1.0",
+        "--config.random_erasing=0.25",
+    ]  # fmt: skip
+
+
+def reference_run(tiny_config, workdir, **changes):
+    config = tiny_config(total_steps=3, mixup=0.8, cutmix=1.0, random_erasing=0.25, **changes)
+    return train.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.parametrize("sharding", ["data", "fsdp"])
+def test_eight_devices_match_one(digits_dir, tiny_config, tmp_path, sharding):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    result = run_main([*common_flags(digits_dir, tmp_path / "eight"), f"--config.sharding={sharding}"], env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = reference_run(tiny_config, tmp_path / "one")
+    assert_trees_close(params_of(tmp_path / "eight")["params"], single.params, rtol=2e-4, atol=2e-5)
+
+
+def test_fsdp_shards_parameters_over_the_mesh():
+    script = (
+        "import jax, numpy as np; from jax.sharding import Mesh; from sot_jax import train, models;"
+        "m = models.create_model('deit_small_patch16_224');"
+        "params = models.abstract_variables(m)['params'];"
+        "mesh = Mesh(np.array(jax.devices()), ('data',));"
+        "s = [train.fsdp_spec(x.shape, mesh.size) for x in jax.tree.leaves(params)];"
+        "leaves = jax.tree.leaves(params);"
+        "print(sum(x.size for x, p in zip(leaves, s) if p != ()) / sum(x.size for x in leaves))"
+    )  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip().splitlines()[-1]) > 0.99  # all but biases and norms
+
+
+def test_two_processes_match_one(digits_dir, tiny_config, tmp_path):
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    flags = [
+        *common_flags(digits_dir, tmp_path / "two"),
+        f"--coordinator_address=localhost:{port}",
+        "--num_processes=2",
+    ]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sot_jax.main",
+                "--config=configs/sot_deit.py:digits",
+                *tiny_overrides(),
+                *flags,
+                f"--process_id={i}",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    single = reference_run(tiny_config, tmp_path / "one")
+    assert_trees_close(params_of(tmp_path / "two")["params"], single.params, rtol=2e-4, atol=2e-5)
+
+
+def test_main_trains_the_digits_demo_from_the_command_line(digits_dir, tmp_path):
+    result = run_main([f"--workdir={tmp_path}", f"--config.data_dir={digits_dir}", "--config.total_steps=4"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "4").is_dir()
+    rerun = run_main([f"--workdir={tmp_path}", f"--config.data_dir={digits_dir}", "--config.total_steps=4"])
+    assert rerun.returncode == 0 and "resumed from" in rerun.stdout
+    assert Path(plot.plot(tmp_path)).is_file()
+    assert models.list_models()  # the package imports cleanly after a run
+
+
+def test_a_tiny_imagenet2012_run_works_end_to_end(tiny_imagenet, tiny_config, tmp_path):
+    config = full_augmentation(
+        tiny_config, dataset="imagenet2012", data_dir=tiny_imagenet, batch_size=4, total_steps=4, eval_every_steps=4
+    )
+    state = train.train_and_evaluate(config, tmp_path)
+    assert state.params["classifier"]["cls_fc"]["kernel"].shape[-1] == 1000
+    last = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1]
+    assert 0.0 <= last["val_top1"] <= 100.0 and "ema_val_top1" in last
+
+
+def test_schedule_follows_timm_cosine_with_warmup_and_cooldown(tiny_config):
+    config = tiny_config(lr=1e-3, warmup_lr=1e-6, min_lr=1e-5, num_epochs=10, warmup_epochs=2, cooldown_epochs=2)
+    schedule = train.make_schedule(config, total_steps=120)  # 12 epochs of 10 steps
+    lr = lambda step: float(schedule(step))  # noqa: E731
+    assert lr(0) == pytest.approx(1e-6) and lr(9) == pytest.approx(1e-6)  # constant within an epoch
+    assert lr(10) == pytest.approx(1e-6 + (1e-3 - 1e-6) / 2)
+    cosine = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + np.cos(np.pi * 5 / 10))
+    assert lr(50) == pytest.approx(cosine, rel=1e-5)
+    assert lr(100) == pytest.approx(1e-5) and lr(119) == pytest.approx(1e-5)  # cooldown at min_lr
+
+
+def test_weight_decay_skips_one_dimensional_and_named_parameters():
+    params = models.abstract_variables(models.create_model("deit_tiny_patch16_224", num_classes=3))["params"]
+    mask = train.weight_decay_mask(params, ("pos_embed", "cls_token"))
+    assert mask["blocks_0"]["attn"]["qkv"]["kernel"] and not mask["blocks_0"]["attn"]["qkv"]["bias"]
+    assert not mask["norm"]["scale"] and not mask["pos_embed"] and not mask["cls_token"]
+    sot = models.abstract_variables(models.create_model("sot_tiny", num_classes=3))["params"]
+    sot_mask = train.weight_decay_mask(sot, ())
+    assert sot_mask["cls_token"]  # SoT decays its class token (SPEC §3)
+    assert not sot_mask["classifier"]["representation"]["svpn_start"]
