@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from sot_jax import augment, checkpoints, input_pipeline, models
+from sot_jax import augment, checkpoints, models
 
 # ---------------------------------------------------------------------------------------------------------------
 # State and configuration checks
@@ -387,6 +387,8 @@ class Setup:
 
 
 def make_setup(config: Any) -> Setup:
+    from sot_jax import input_pipeline  # TensorFlow is only needed where data is read
+
     validate_config(config, jax.device_count(), jax.process_count())
     builder = input_pipeline.get_builder(
         config.dataset, config.data_dir or None, prepare_embedded=jax.process_index() == 0
@@ -399,6 +401,8 @@ def make_setup(config: Any) -> Setup:
 
 def evaluate(setup: Setup, config: Any, params: Any, batch_stats: Any) -> dict[str, float]:
     """Top-1/top-5 (percent) on the validation split and on each extra eval set that is prepared."""
+    from sot_jax import input_pipeline
+
     eval_batch = config.eval_batch_size or config.batch_size
     sets = [(setup.builder, config.eval_split, "val")]
     for name in config.extra_eval_sets:
@@ -432,6 +436,8 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
     """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
     `after_step(step)` is called after each step (a hook for profiling or tests)."""
+    from sot_jax import input_pipeline
+
     workdir = Path(workdir).absolute()
     setup = make_setup(config)
     model, mesh = setup.model, setup.mesh
@@ -503,11 +509,12 @@ def start_from_pretrained(state: TrainState, directory: str, shardings: TrainSta
     batch_stats, _ = merge_pretrained(state.batch_stats, loaded.get("batch_stats", {}), directory)
     if reinitialized and jax.process_index() == 0:
         print(f"init_from {directory}: classifier re-initialized ({', '.join(reinitialized)})", flush=True)
+    copy = functools.partial(jax.tree.map, jnp.copy)  # EMA needs its own buffers: the step donates both
     state = state.replace(
         params=params,
         batch_stats=batch_stats,
-        ema_params=params if state.ema_params is not None else None,
-        ema_batch_stats=batch_stats if state.ema_batch_stats is not None else None,
+        ema_params=copy(params) if state.ema_params is not None else None,
+        ema_batch_stats=copy(batch_stats) if state.ema_batch_stats is not None else None,
     )
     return jax.device_put(state, shardings)
 

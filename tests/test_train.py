@@ -124,7 +124,7 @@ def test_paired_losses_and_other_families_train(tiny_config, tmp_path, model, ov
 
 
 def test_init_from_a_converted_checkpoint_fine_tunes_a_new_classifier(tiny_config, tmp_path):
-    config = tiny_config(total_steps=1, warmup_lr=0.0, ema_decay=0.0)
+    config = tiny_config(total_steps=1, warmup_lr=0.0, ema_decay=0.5)
     pretrained_model = train.build_model(config, num_classes=7)
     variables = pretrained_model.init({"params": jax.random.key(42)}, jnp.zeros((1, 32, 32, 3)))
     metadata = {"model": config.model.name, "num_classes": 7, "overrides": dict(config.model.overrides)}
@@ -133,6 +133,7 @@ def test_init_from_a_converted_checkpoint_fine_tunes_a_new_classifier(tiny_confi
     state = train.train_and_evaluate(config, tmp_path / "run")  # lr 0 at step 0: params stay as loaded
     assert state.params["classifier"]["cls_fc"]["kernel"].shape == (32, 10)
     assert_trees_close(state.params["blocks_0"], variables["params"]["blocks_0"])
+    assert_trees_close(state.ema_params["blocks_0"], variables["params"]["blocks_0"])
     with pytest.raises(ValueError, match="init_from .* does not fit the model: .*blocks_0"):
         train.merge_pretrained(state.params, {**variables["params"], "blocks_0": {}}, "x")
 
