@@ -83,10 +83,16 @@ def bench_one(name: str, batch: int, steps: int, overrides: dict) -> dict:
     variables = jax.jit(lambda: model.init({"params": jax.random.key(0)}, images))()
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     tx, schedule = train.make_optimizer(config, params, total_steps=10_000)
+    copy = functools.partial(jax.tree.map, jnp.copy)  # the EMA needs its own buffers: the step donates both
     state = train.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=tx.init(params),
-        ema_params=jax.tree.map(jnp.copy, params), ema_batch_stats=jax.tree.map(jnp.copy, batch_stats), rng=jax.random.key_data(jax.random.key(1)),
-    )  # fmt: skip
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        ema_params=copy(params),
+        ema_batch_stats=copy(batch_stats),
+        rng=jax.random.key_data(jax.random.key(1)),
+    )
     rng = np.random.default_rng(0)
     data = {
         "image": jnp.asarray(rng.integers(0, 256, size=(batch, 224, 224, 3), dtype=np.uint8)),
@@ -133,7 +139,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--overrides", default="{}", help="JSON create_model keywords, e.g. '{\"svpn\": \"gram_eigh\"}'")
+    parser.add_argument("--overrides", default="{}", help='JSON create_model keywords, e.g. \'{"svpn": "gram_eigh"}\'')
     parser.add_argument("--one", action="store_true", help="(internal) run one model in this process")
     parser.add_argument("--peak", action="store_true", help="(internal) measure the matmul peak in this process")
     parser.add_argument("--json", help="also write the results to this file")
@@ -147,7 +153,9 @@ def main() -> None:
         return
 
     # This process never touches the accelerator: JAX would reserve most of its memory for the whole run.
-    probe = json.loads(subprocess.run([sys.executable, __file__, "--peak"], capture_output=True, text=True, check=True).stdout)
+    probe = json.loads(
+        subprocess.run([sys.executable, __file__, "--peak"], capture_output=True, text=True, check=True).stdout
+    )
     peak, device = probe["peak"], probe["device"]
     print(f"device {device}, jax {jax.__version__}, bf16 matmul peak {peak:.0f} TFLOP/s")
     results = []
