@@ -29,6 +29,28 @@ def official_sot(name: str, repo: str) -> torch.nn.Module:
     return getattr(sot, name)(num_classes=1000, drop_path_rate=0.1)
 
 
+def fits(step, batch: int) -> bool:
+    try:
+        step(batch)
+        torch.cuda.synchronize()
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        torch.cuda.empty_cache()
+
+
+def largest_batch(step, start: int) -> int:
+    """Doubling from a batch that fits, then bisection, in multiples of 32."""
+    low, high = start, 2 * start
+    while fits(step, high):
+        low, high = high, 2 * high
+    while high - low > 32:
+        middle = (low + high) // 64 * 32
+        low, high = (middle, high) if fits(step, middle) else (low, middle)
+    return low
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -36,6 +58,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--max-batch", action="store_true", help="also find the largest batch (multiple of 32)")
     args = parser.parse_args()
 
     if args.sot_repo:
@@ -47,10 +70,15 @@ def main() -> None:
     model = model.cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     forward = torch.compile(model) if args.compile else model
-    images = torch.randn(args.batch, 3, 224, 224, device="cuda")
-    labels = torch.randint(0, 1000, (args.batch,), device="cuda")
 
-    def step():
+    data = {}  # batch size -> synthetic (images, labels) on the GPU, made once
+
+    def step(batch=args.batch):
+        if batch not in data:
+            data.clear()
+            labels = torch.randint(0, 1000, (batch,), device="cuda")
+            data[batch] = torch.randn(batch, 3, 224, 224, device="cuda"), labels
+        images, labels = data[batch]
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = torch.nn.functional.cross_entropy(forward(images), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -72,6 +100,8 @@ def main() -> None:
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(),
     }
+    if args.max_batch:
+        result["max_batch"] = largest_batch(step, args.batch)
     print(json.dumps(result), flush=True)
 
 

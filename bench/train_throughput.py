@@ -1,19 +1,24 @@
 """Steady-state training and evaluation throughput of sot_jax models on one accelerator.
 
-    python bench/train_throughput.py [--models sot_tiny,sot_small,...] [--batch 256] [--json OUT.json]
+    python bench/train_throughput.py [sot_tiny sot_small:head=cls ...] [--batch 256] [--max-batch] [--json OUT.json]
+    python bench/train_throughput.py sot_small --profile /tmp/trace     # where the step's GPU time goes
 
 For each model (each in a fresh process, so that peak memory is its own): the full jitted train step of
 `sot_jax.train` (on-device random erasing and Mixup/CutMix, forward, backward, AdamW, EMA) in bfloat16 with float32
 parameters, on synthetic uint8 images already on the device; eval images/s of the bf16 forward; peak device
-memory; and model-FLOPs utilization: XLA's FLOP count of the compiled step divided by the step time and by the
-dense bf16 matmul rate measured on the same device in the same run.
+memory; and model-FLOPs utilization: the matmul and convolution FLOPs of the step's jaxpr divided by the step
+time and by the dense bf16 matmul rate measured on the same device in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
+import glob
+import gzip
 import json
+import re
 import subprocess
 import sys
 import time
@@ -36,6 +41,15 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def synthetic_batch(batch: int) -> dict[str, np.ndarray]:
+    """Random uint8 224² images and ImageNet labels, as the input pipeline delivers them."""
+    rng = np.random.default_rng(0)
+    return {
+        "image": rng.integers(0, 256, size=(batch, 224, 224, 3), dtype=np.uint8),
+        "label": rng.integers(0, 1000, size=(batch,), dtype=np.int32),
+    }
+
+
 def matmul_peak_tflops() -> float:
     """The dense bf16 matmul rate of this device (random 8192² operands, as SPEC §8 measured it)."""
     a, b = jax.random.normal(jax.random.key(0), (2, 8192, 8192), jnp.bfloat16)
@@ -46,8 +60,8 @@ def matmul_peak_tflops() -> float:
 def jaxpr_flops(jaxpr) -> float:
     """Matmul and convolution FLOPs of a (closed) jaxpr, recursing into nested jaxprs (jit, custom VJPs, scans).
 
-    Counted from shapes, so it does not depend on a backend's cost model; fused attention kernels (cuDNN) that
-    appear as custom calls are not counted (a few percent of a ViT's FLOPs at 197 tokens)."""
+    Counted from shapes, so it does not depend on a backend's cost model. Fused attention (cuDNN) is a custom
+    call that this cannot see: count a step whose model uses attention="xla" (the same math)."""
     total = 0.0
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
@@ -59,7 +73,8 @@ def jaxpr_flops(jaxpr) -> float:
             rhs, out = eqn.invars[1].aval, eqn.outvars[0].aval
             spec = eqn.params["dimension_numbers"].rhs_spec  # (out feature dim, in feature dim, spatial...)
             kernel = np.prod([rhs.shape[d] for d in spec[1:]])
-            total += 2.0 * np.prod(out.shape) * kernel
+            # An input gradient of a strided convolution dilates its input: the inserted zeros are no work.
+            total += 2.0 * np.prod(out.shape) * kernel / np.prod(eqn.params["lhs_dilation"])
         multiplier = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
@@ -71,44 +86,45 @@ def jaxpr_flops(jaxpr) -> float:
     return total
 
 
-def bench_one(name: str, batch: int, steps: int, overrides: dict) -> dict:
+def parse_model(spec: str) -> tuple[str, dict]:
+    """'sot_small:head=cls,svpn=svd' -> ('sot_small', {'head': 'cls', 'svpn': 'svd'}) (values parsed as JSON when
+    they are JSON)."""
+    name, _, rest = spec.partition(":")
+    overrides = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return name, overrides
+
+
+def bench_one(spec: str, batch: int, steps: int, profile_dir: str | None, batch_augment: bool) -> dict:
     from sot_jax import recipes, train
 
+    name, overrides = parse_model(spec)
     config = recipes.base_config()
     config.model.name = name
     config.model.overrides.update(overrides)
     config.batch_size = batch
+    if not batch_augment:
+        config.random_erasing = config.mixup = config.cutmix = 0.0
     model = train.build_model(config, num_classes=1000)
-    images = jnp.zeros((1, 224, 224, 3))
-    variables = jax.jit(lambda: model.init({"params": jax.random.key(0)}, images))()
-    params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    tx, schedule = train.make_optimizer(config, params, total_steps=10_000)
-    copy = functools.partial(jax.tree.map, jnp.copy)  # the EMA needs its own buffers: the step donates both
-    state = train.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=tx.init(params),
-        ema_params=copy(params),
-        ema_batch_stats=copy(batch_stats),
-        rng=jax.random.key_data(jax.random.key(1)),
-    )
+    state = jax.jit(functools.partial(train.initial_state, model, config, 10_000))()
+    tx, schedule = train.make_optimizer(config, state.params, total_steps=10_000)
     rng = np.random.default_rng(0)
-    data = {
-        "image": jnp.asarray(rng.integers(0, 256, size=(batch, 224, 224, 3), dtype=np.uint8)),
-        "label": jnp.asarray(rng.integers(0, 1000, size=(batch,), dtype=np.int32)),
-    }
+    data = jax.tree.map(jnp.asarray, synthetic_batch(batch))
     step = jax.jit(
         functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, config=config), donate_argnums=(0,)
     )
     start = time.perf_counter()
-    lowered = step.lower(state, data)
-    compiled = lowered.compile()
+    compiled = step.lower(state, data).compile()
     compile_seconds = time.perf_counter() - start
-    try:
-        flops = jaxpr_flops(jax.make_jaxpr(step)(state, data).jaxpr)
-    except Exception:  # FLOP counting must never cost the measurement
-        flops = 0.0
+    count_step = functools.partial(
+        train.train_step, model=model.clone(attention="xla"), tx=tx, schedule=schedule, config=config
+    )
+    flops = jaxpr_flops(jax.make_jaxpr(count_step)(state, data).jaxpr)
     holder = {"state": state}
 
     def train_call():
@@ -116,13 +132,13 @@ def bench_one(name: str, batch: int, steps: int, overrides: dict) -> dict:
         return metrics["loss"]
 
     step_seconds = timed(train_call, steps)
+    memory = jax.devices()[0].memory_stats() or {}
     forward = jax.jit(lambda p, b, x: model.apply({"params": p, "batch_stats": b}, x.astype(jnp.float32)))
     eval_images = jnp.asarray(rng.normal(size=(batch, 224, 224, 3)), jnp.bfloat16)
     s = holder["state"]
     eval_seconds = timed(lambda: forward(s.params, s.batch_stats, eval_images), steps)
-    memory = jax.devices()[0].memory_stats() or {}
-    return {
-        "model": name,
+    result = {
+        "model": spec,
         "batch": batch,
         "train_img_s": batch / step_seconds,
         "eval_img_s": batch / eval_seconds,
@@ -130,23 +146,94 @@ def bench_one(name: str, batch: int, steps: int, overrides: dict) -> dict:
         "step_tflop": flops / 1e12,
         "achieved_tflops": flops / step_seconds / 1e12,
         "peak_gib": memory.get("peak_bytes_in_use", 0) / 2**30,
+        "capacity_gib": memory.get("bytes_limit", 0) / 2**30,
+        "state_gib": sum(x.nbytes for x in jax.tree.leaves(holder["state"])) / 2**30,
         "compile_s": compile_seconds,
     }
+    if profile_dir:
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+            jax.block_until_ready([train_call() for _ in range(3)])
+        result["profile"] = kernel_time_by_component(profile_dir, compiled.as_text(), steps=3)
+    return result
+
+
+# Where the time goes: the GPU kernels of a trace, attributed to the model part named in their HLO metadata.
+COMPONENTS = [
+    ("optimizer+EMA", ("optax", "adam", "ema", "global_norm")),
+    ("augment", ("random_erasing", "mixup", "normalize", "random_bits", "threefry")),
+    ("head", ("classifier", "representation")),
+    ("stem", ("stem", "patch_embed")),
+    ("attention", ("attn",)),
+    ("mlp", ("mlp",)),
+    ("norm", ("norm",)),
+]
+
+
+def kernel_time_by_component(profile_dir: str, hlo_text: str, steps: int) -> dict:
+    """Milliseconds per step of GPU kernel time, by model component and by kernel (the top 15)."""
+    op_names = dict(re.findall(r"%([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo_text))
+    path = sorted(glob.glob(f"{profile_dir}/**/perfetto_trace.json.gz", recursive=True))[-1]
+    with gzip.open(path) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    gpu_pids = {
+        e["pid"] for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name" and "GPU" in e["args"].get("name", "")
+    }  # fmt: skip
+    by_component, by_kernel = collections.Counter(), collections.Counter()
+    for event in events:
+        if event.get("ph") != "X" or event.get("pid") not in gpu_pids:
+            continue
+        hlo_op = event.get("args", {}).get("hlo_op", "")
+        op_name = op_names.get(hlo_op, hlo_op).lower()
+        component = next((c for c, keys in COMPONENTS if any(k in op_name for k in keys)), "other")
+        if component in ("attention", "mlp", "norm", "head", "stem"):
+            component += " (backward)" if "transpose" in op_name else " (forward)"
+        by_component[component] += event["dur"] / 1e3 / steps
+        by_kernel[f"{event['name'][:60]} [{hlo_op[:40]}]"] += event["dur"] / 1e3 / steps
+    return {"by_component_ms": dict(by_component.most_common()), "top_kernels_ms": dict(by_kernel.most_common(15))}
+
+
+def run_child(spec: str, args: argparse.Namespace, batch: int, steps: int, profile_dir: str | None) -> dict | None:
+    command = [sys.executable, __file__, "--one", spec, "--batch", str(batch), "--steps", str(steps)]
+    command += ["--profile", profile_dir] if profile_dir else []
+    command += ["--no-batch-augment"] if args.no_batch_augment else []
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode != 0:
+        errors = [line for line in run.stderr.splitlines() if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+        print(f"{spec} at batch {batch}: failed ({(errors or ['?'])[-1][:400]})", flush=True)
+        return None
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def largest_batch(spec: str, args: argparse.Namespace, row: dict) -> int | None:
+    """The largest batch (a multiple of 32) that runs: peak memory extrapolated linearly from the measured batch
+    (state memory fixed, the rest proportional to the batch), then verified, stepping down 10% at a time."""
+    state = row["state_gib"]
+    per_image = (row["peak_gib"] - state) / row["batch"]
+    batch = int((0.97 * row["capacity_gib"] - state) / per_image) // 32 * 32
+    for _ in range(3):
+        if run_child(spec, args, batch, 3, None) is not None:
+            return batch
+        batch = int(batch * 0.9) // 32 * 32
+    return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("models", nargs="*", default=MODELS, help="names, optionally with create_model overrides: "
+                        "sot_small:head=cls or sot_small:svpn=svd,svpn_alpha=0.5")  # fmt: skip
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--overrides", default="{}", help='JSON create_model keywords, e.g. \'{"svpn": "gram_eigh"}\'')
-    parser.add_argument("--one", action="store_true", help="(internal) run one model in this process")
-    parser.add_argument("--peak", action="store_true", help="(internal) measure the matmul peak in this process")
+    parser.add_argument("--no-batch-augment", action="store_true", help="no erasing/Mixup/CutMix in the step")
+    parser.add_argument("--max-batch", action="store_true", help="also find the largest batch that fits")
+    parser.add_argument("--profile", help="trace 3 steps per model under this folder and attribute kernel time")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this one model in this process
+    parser.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)  # internal: measure the matmul peak
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    overrides = json.loads(args.overrides)
     if args.one:
-        print(json.dumps(bench_one(args.models, args.batch, args.steps, overrides)), flush=True)
+        print(json.dumps(bench_one(args.one, args.batch, args.steps, args.profile, not args.no_batch_augment)))
         return
     if args.peak:
         print(json.dumps({"peak": matmul_peak_tflops(), "device": jax.devices()[0].device_kind}), flush=True)
@@ -157,29 +244,28 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--peak"], capture_output=True, text=True, check=True).stdout
     )
     peak, device = probe["peak"], probe["device"]
-    print(f"device {device}, jax {jax.__version__}, bf16 matmul peak {peak:.0f} TFLOP/s")
+    print(f"device {device}, jax {jax.__version__}, bf16 matmul peak {peak:.0f} TFLOP/s", flush=True)
     results = []
-    for name in args.models.split(","):
-        command = [sys.executable, __file__, "--one", "--models", name, "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--overrides", args.overrides]  # fmt: skip
-        run = subprocess.run(command, capture_output=True, text=True)
-        if run.returncode != 0:
-            tail = run.stderr.strip().splitlines()[-1:] or ["?"]
-            print(f"{name}: failed ({tail[0][:200]})", flush=True)
+    for index, spec in enumerate(args.models):
+        profile_dir = f"{args.profile}/{index}" if args.profile else None
+        row = run_child(spec, args, args.batch, args.steps, profile_dir)
+        if row is None:
             continue
-        row = json.loads(run.stdout.strip().splitlines()[-1])
         row["mfu"] = row["achieved_tflops"] / peak
+        if args.max_batch:
+            row["max_batch"] = largest_batch(spec, args, row)
         results.append(row)
         print(
-            f"{name}: train {row['train_img_s']:.0f} img/s ({row['step_ms']:.1f} ms), eval {row['eval_img_s']:.0f} "
+            f"{spec}: train {row['train_img_s']:.0f} img/s ({row['step_ms']:.1f} ms), eval {row['eval_img_s']:.0f} "
             f"img/s, {row['achieved_tflops']:.0f} TFLOP/s = {100 * row['mfu']:.1f}% MFU, peak {row['peak_gib']:.1f} "
-            f"GiB, compile {row['compile_s']:.0f} s",
+            f"GiB, compile {row['compile_s']:.0f} s" + (f", largest batch {row.get('max_batch')}" * args.max_batch),
             flush=True,
         )
+        if "profile" in row:
+            print(json.dumps(row["profile"], indent=1), flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device, "jax": jax.__version__, "peak_tflops": peak,
-                       "overrides": overrides, "results": results}, f, indent=1)  # fmt: skip
+            json.dump({"device": device, "jax": jax.__version__, "peak_tflops": peak, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,16 @@ records before they are decoded. The price is that each host reads (not decodes)
 randomness (crop, flip, RandAugment) is stateless, seeded by (seed, epoch, position in the epoch).
 
 Batches are dicts of numpy arrays: `image` uint8 (B, H, W, 3) (normalized on the accelerator) and `label` int32;
-evaluation batches add `mask` (0 for padding) and, for ImageNet-ReaL, `real` multi-hot labels.
+training batches with token label maps add each token's sampled scores (`sample_label_map`), evaluation batches
+add `mask` (0 for padding) and, for ImageNet-ReaL, `real` multi-hot labels.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,8 +68,9 @@ def _resize(image: tf.Tensor, size: tuple[int, int] | tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
-def _random_resized_crop(image_bytes: tf.Tensor, seed: tf.Tensor, config: Any) -> tf.Tensor:
-    """Random area (crop_scale) and log-uniform aspect (crop_ratio) crop, resized bicubic to image_size.
+def _random_resized_crop(image_bytes: tf.Tensor, seed: tf.Tensor, config: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random area (crop_scale) and log-uniform aspect (crop_ratio) crop, resized bicubic to image_size; also the
+    crop box (top, left, bottom, right) as fractions of the image.
 
     JPEGs are decoded only inside the crop window."""
     is_jpeg = tf.io.is_jpeg(image_bytes)
@@ -81,19 +85,99 @@ def _random_resized_crop(image_bytes: tf.Tensor, seed: tf.Tensor, config: Any) -
         lambda: tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3),
         lambda: tf.slice(_decode(image_bytes), [begin[0], begin[1], 0], [size[0], size[1], 3]),
     )
-    return _resize(crop, (config.image_size, config.image_size))
+    extent = tf.cast(tf.tile(shape[:2], [2]), tf.float32)
+    box = tf.cast(tf.concat([begin[:2], begin[:2] + size[:2]], 0), tf.float32) / extent
+    return _resize(crop, (config.image_size, config.image_size)), box
 
 
-def train_preprocess(image_bytes: tf.Tensor, seed: tf.Tensor, config: Any) -> tf.Tensor:
+def train_preprocess(image_bytes: tf.Tensor, seed: tf.Tensor, config: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The training image, with its crop box (fractions of the original image) and whether it was flipped (what
+    a token label map needs to follow the image)."""
     crop_seed, flip_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    image = _random_resized_crop(image_bytes, crop_seed, config)
+    image, box = _random_resized_crop(image_bytes, crop_seed, config)
+    flipped = tf.constant(False)
     if config.hflip:
-        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        flipped = tf.random.stateless_uniform([], flip_seed) < 0.5
+        image = tf.cond(flipped, lambda: tf.image.flip_left_right(image), lambda: image)
     if config.randaugment_layers > 0:
         image = randaugment.randaugment(
             image, augment_seed, config.randaugment_layers, config.randaugment_magnitude, config.randaugment_std
         )
-    return tf.ensure_shape(image, (config.image_size, config.image_size, 3))
+    return tf.ensure_shape(image, (config.image_size, config.image_size, 3)), box, flipped
+
+
+class LabelMaps:
+    """Token label maps converted by `python -m sot_jax.convert_labels` (names.txt, scores.npy, classes.npy,
+    meta.json in one folder), looked up by image file name without extension."""
+
+    FILES = ("meta.json", "names.txt", "scores.npy", "classes.npy")
+
+    def __init__(self, directory: str):
+        folder = Path(directory)
+        missing = [name for name in self.FILES if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"token label maps {folder}: missing {', '.join(missing)} (make them with python -m "
+                f"sot_jax.convert_labels --label-root OFFICIAL_LABEL_ROOT --output {folder})"
+            )
+        self.directory = folder
+        self.meta = json.loads((folder / "meta.json").read_text())
+        self.scores = np.load(folder / "scores.npy", mmap_mode="r")
+        self.classes = np.load(folder / "classes.npy", mmap_mode="r")
+        names = (folder / "names.txt").read_text().splitlines()
+        if not len(names) == len(self.scores) == len(self.classes):
+            raise ValueError(f"token label maps {folder}: names.txt, scores.npy and classes.npy differ in length")
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(names), tf.range(len(names), dtype=tf.int64)), -1
+        )
+
+    def lookup(self, file_name: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(scores float32 (K, h, w), classes int32 (K, h, w)) of one image; fails naming the image if absent."""
+        row = self.table.lookup(tf.strings.regex_replace(file_name, r"\.[^.]*$", ""))
+        found = tf.debugging.Assert(row >= 0, ["no token label map for image", file_name, "in", str(self.directory)])
+        with tf.control_dependencies([found]):
+            row = tf.identity(row)
+        scores, classes = tf.numpy_function(
+            lambda r: (self.scores[r].astype(np.float32), self.classes[r].astype(np.int32)),
+            [row], (tf.float32, tf.int32), stateful=False,
+        )  # fmt: skip
+        shape = self.scores.shape[1:]
+        return tf.ensure_shape(scores, shape), tf.ensure_shape(classes, shape)
+
+
+def sample_label_map(
+    scores: tf.Tensor, classes: tf.Tensor, box: tf.Tensor, flipped: tf.Tensor, grid: tuple[int, int]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Follow the image's crop and flip: bilinear samples of a top-k score map at the token centres of the crop
+    (roi-align to the token grid with one sample per bin).
+
+    scores, classes: (K, h, w), the map over the whole image. Returns per token (row-major, N = rows·cols) the
+    (class, weight) pairs (N, 4K) of its four neighbouring map cells: summed per class, they are the token's
+    interpolated scores (`token_labels.dense_targets` scatters them).
+    """
+    rows, cols = grid
+    k, h, w = scores.shape
+    top, left, bottom, right = tf.unstack(box)
+    y = (top + (tf.range(rows, dtype=tf.float32) + 0.5) / rows * (bottom - top)) * h - 0.5
+    x = (left + (tf.range(cols, dtype=tf.float32) + 0.5) / cols * (right - left)) * w - 0.5
+    x = tf.cond(flipped, lambda: x[::-1], lambda: x)  # flipped: token column j shows crop column cols - 1 - j
+    y, x = tf.clip_by_value(y, 0.0, h - 1.0), tf.clip_by_value(x, 0.0, w - 1.0)
+    y0, x0 = tf.floor(y), tf.floor(x)
+    wy, wx = y - y0, x - x0
+    y0, x0 = tf.cast(y0, tf.int32), tf.cast(x0, tf.int32)
+    y1, x1 = tf.minimum(y0 + 1, h - 1), tf.minimum(x0 + 1, w - 1)
+    scores_hwk, classes_hwk = tf.transpose(scores, (1, 2, 0)), tf.transpose(classes, (1, 2, 0))
+    pair_classes, pair_weights = [], []
+    for row_index, row_weight in ((y0, 1.0 - wy), (y1, wy)):
+        for col_index, col_weight in ((x0, 1.0 - wx), (x1, wx)):
+            where = tf.stack(tf.meshgrid(row_index, col_index, indexing="ij"), axis=-1)  # (rows, cols, 2)
+            weight = row_weight[:, None] * col_weight[None, :]
+            pair_classes.append(tf.gather_nd(classes_hwk, where))
+            pair_weights.append(weight[..., None] * tf.gather_nd(scores_hwk, where))
+    return (
+        tf.reshape(tf.concat(pair_classes, -1), (rows * cols, 4 * k)),
+        tf.reshape(tf.concat(pair_weights, -1), (rows * cols, 4 * k)),
+    )
 
 
 def eval_preprocess(image_bytes: tf.Tensor, config: Any) -> tf.Tensor:
@@ -147,8 +231,25 @@ def train_batches(
     start_step: int,
     process_index: int = 0,
     process_count: int = 1,
+    token_grid: tuple[int, int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless training batches from `start_step` on (per-process slices of the global batches)."""
+    """Endless training batches from `start_step` on (per-process slices of the global batches).
+
+    With `config.token_label_dir`, each example also carries `token_label_classes` int32 and
+    `token_label_weights` float32, (N, 4K) for the model's `token_grid` (see `sample_label_map`)."""
+    label_maps = None
+    if config.token_label_dir:
+        if "file_name" not in builder.info.features:
+            raise ValueError(
+                f"token_label_dir needs a dataset with file names (e.g. imagenet2012); {builder.name} has none"
+            )
+        label_maps = LabelMaps(config.token_label_dir)
+        num_classes = builder.info.features["label"].num_classes
+        if label_maps.meta["num_classes"] != num_classes:
+            raise ValueError(
+                f"token label maps {config.token_label_dir} were converted for {label_maps.meta['num_classes']} "
+                f"classes; {builder.name} has {num_classes}"
+            )
     split = config.train_split
     epoch_steps = steps_per_epoch(builder, split, global_batch)
     epoch, offset = divmod(start_step, epoch_steps)
@@ -165,10 +266,13 @@ def train_batches(
 
         def preprocess(index, example, epoch_seed=epoch_seed):
             seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
-            return {
-                "image": train_preprocess(example["image"], seed, config),
-                "label": tf.cast(example["label"], tf.int32),
-            }
+            image, box, flipped = train_preprocess(example["image"], seed, config)
+            features = {"image": image, "label": tf.cast(example["label"], tf.int32)}
+            if label_maps is not None:
+                scores, classes = label_maps.lookup(example["file_name"])
+                pairs = sample_label_map(scores, classes, box, flipped, token_grid)
+                features["token_label_classes"], features["token_label_weights"] = pairs
+            return features
 
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         yield from ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()

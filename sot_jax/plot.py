@@ -20,14 +20,12 @@ def read_metrics(workdir: Path) -> list[dict]:
 
 
 def plot(workdir: str | Path, output: str | Path | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's (e.g. a notebook's) backend alone
 
     workdir = Path(workdir)
     rows = read_metrics(workdir)
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    loss_axis, accuracy_axis = figure.subplots(1, 2)
     train = [r for r in rows if "loss" in r]
     loss_axis.plot([r["step"] for r in train], [r["loss"] for r in train])
     loss_axis.set(xlabel="step", ylabel="training loss", title="loss")
@@ -40,7 +38,6 @@ def plot(workdir: str | Path, output: str | Path | None = None) -> Path:
     figure.tight_layout()
     output = Path(output) if output else workdir / "curves.png"
     figure.savefig(output, dpi=100)
-    plt.close(figure)
     return output
 
 

@@ -37,7 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.cutmix = 1.0
     config.mix_switch_prob = 0.5
     config.label_smoothing = 0.1
-    config.sum_loss_weights = (1.0, 1.0)  # (class-token loss, other loss) for the sum_loss fusion / LV-ViT
+    config.sum_loss_weights = (1.0, 1.0)  # (class-token loss, other loss): sum_loss fusion; LV-ViT (cls, dense)
+    config.mix_token = False  # LV-ViT's MixToken (replaces Mixup/CutMix in its recipe)
+    config.token_label_dir = ""  # token label maps from `python -m sot_jax.convert_labels` (empty: image label)
 
     # Optimization: AdamW, timm's cosine schedule stepped per epoch, warmup and cooldown.
     config.batch_size = 1024  # global, over all devices and processes

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from sot_jax import augment, checkpoints, models
+from sot_jax import augment, checkpoints, models, token_labels
 
 # ---------------------------------------------------------------------------------------------------------------
 # State and configuration checks
@@ -66,6 +66,8 @@ def validate_config(config: Any, num_devices: int, process_count: int) -> None:
         problems.append(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
     if config.eval_only and not config.init_from:
         problems.append("eval_only needs init_from=DIR (a converted or trained checkpoint)")
+    if config.token_label_dir and (config.mixup > 0 or config.cutmix > 0):
+        problems.append("token_label_dir does not combine with mixup/cutmix (the LV-ViT recipe uses mix_token)")
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))
 
@@ -135,22 +137,30 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
 
 
-def classification_loss(outputs: Any, targets: jax.Array, weights: tuple[float, float]) -> jax.Array:
-    """Soft-target cross entropy; a pair of outputs (sum_loss fusion, LV-ViT tokens) gives the weighted sum.
+def classification_loss(
+    outputs: Any, targets: jax.Array, weights: tuple[float, float], token_targets: jax.Array | None = None
+) -> jax.Array:
+    """Soft-target cross entropy; a pair of outputs (sum_loss fusion, LV-ViT) gives
+    weights[0] · CE(first, targets) + weights[1] · CE(second, ...).
 
-    LV-ViT's token logits (B, N, C) learn the image's target at every token (the official fallback without
-    token label maps)."""
+    LV-ViT's token logits (B, N, C) learn `token_targets` (B, N, C) averaged over tokens, by default the image's
+    target at every token (the official fallback without token label maps)."""
     if not isinstance(outputs, tuple):
         return jnp.mean(soft_cross_entropy(outputs, targets))
     first, second = outputs
-    second_loss = soft_cross_entropy(second, targets[:, None] if second.ndim == 3 else targets)
-    return weights[0] * jnp.mean(soft_cross_entropy(first, targets)) + weights[1] * jnp.mean(second_loss)
+    if second.ndim == 3:
+        second_targets = targets[:, None] if token_targets is None else token_targets
+    else:
+        second_targets = targets
+    second_loss = jnp.mean(soft_cross_entropy(second, second_targets))
+    return weights[0] * jnp.mean(soft_cross_entropy(first, targets)) + weights[1] * second_loss
 
 
 def train_step(
     state: TrainState, batch: dict[str, jax.Array], *, model: Any, tx: Any, schedule: Callable, config: Any
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step (with `grad_accum_steps` micro-batches): augment, forward, backward, AdamW, EMA."""
+    """One optimizer step (with `grad_accum_steps` micro-batches): augment (erasing, Mixup/CutMix or MixToken),
+    forward, backward, AdamW, EMA."""
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     num_classes = model.num_classes
     accum = config.grad_accum_steps
@@ -160,20 +170,32 @@ def train_step(
         grads_sum, loss_sum, batch_stats = carry
         index, micro_batch = inputs
         key = jax.random.fold_in(rng, index)
-        erase_key, mix_key, dropout_key = jax.random.split(key, 3)
+        erase_key, mix_key, token_key, dropout_key = jax.random.split(key, 4)
         images = augment.normalize(micro_batch["image"])
         images = augment.random_erasing(erase_key, images, config.random_erasing)
-        targets = augment.smooth_one_hot(micro_batch["label"], num_classes, config.label_smoothing)
-        images, targets = augment.mixup_cutmix(
-            mix_key, images, targets, config.mixup, config.cutmix, config.mix_switch_prob
-        )
+        if "token_label_classes" in micro_batch:  # token label maps give both targets (no Mixup/CutMix)
+            targets, token_targets = token_labels.dense_targets(
+                micro_batch["token_label_classes"], micro_batch["token_label_weights"], num_classes,
+                config.label_smoothing,
+            )  # fmt: skip
+        else:
+            targets = augment.smooth_one_hot(micro_batch["label"], num_classes, config.label_smoothing)
+            images, targets = augment.mixup_cutmix(
+                mix_key, images, targets, config.mixup, config.cutmix, config.mix_switch_prob
+            )
+            token_targets = targets[:, None]
+        mix_box = None
+        if config.mix_token:  # token outputs come back un-mixed, so only the class target mixes
+            mix_box, lam = token_labels.mix_token_box(token_key, model.grid)
+            targets = lam * targets + (1 - lam) * targets[::-1]
 
         def loss_fn(params):
             outputs, updates = model.apply(
-                {"params": params, "batch_stats": batch_stats}, images, train=True,
+                {"params": params, "batch_stats": batch_stats}, images, train=True, mix_box=mix_box,
                 rngs={"dropout": dropout_key}, mutable=["batch_stats"],
             )  # fmt: skip
-            return classification_loss(outputs, targets, tuple(config.sum_loss_weights)), updates
+            loss = classification_loss(outputs, targets, tuple(config.sum_loss_weights), token_targets)
+            return loss, updates
 
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
@@ -205,7 +227,7 @@ def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, mod
     logits = model.apply({"params": params, "batch_stats": batch_stats}, augment.normalize(batch["image"]))
     if class_mask is not None:  # ImageNet-A: predict among its 200 classes only
         logits = jnp.where(class_mask, logits, -jnp.inf)
-    top5 = jax.lax.top_k(logits, 5)[1]
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]  # top-5 is top-all below 5 classes
     mask = batch["mask"].astype(jnp.float32)
     if "real" in batch:
         hits = jnp.take_along_axis(batch["real"], top5, axis=1).astype(jnp.float32)
@@ -294,6 +316,28 @@ def read_init_variables(directory: str) -> dict[str, Any]:
         raise ValueError(f"init_from={directory}: cannot read checkpoint {root / str(step)}: {e}") from e
     keys = ("params", "batch_stats", "ema_params", "ema_batch_stats")
     return {k: state[k] for k in keys if state.get(k) is not None}
+
+
+def export_model(workdir: str, output: str, ema: bool = False) -> Path:
+    """Write the latest checkpoint of the training run in `workdir` as a model checkpoint (what
+    `checkpoints.load_model` reads, for inference or sharing); `ema` takes the EMA weights."""
+    root = Path(workdir).absolute() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    manager = ocp.CheckpointManager(root, item_handlers={"meta": ocp.JsonCheckpointHandler()}, options=options)
+    step = manager.latest_step() if root.is_dir() else None
+    if step is None:
+        raise ValueError(f"{workdir} holds no training checkpoint")
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    variables = read_init_variables(workdir)
+    prefix = "ema_" if ema else ""
+    if prefix + "params" not in variables:
+        raise ValueError(f"{workdir} was trained without EMA (ema_decay=0); export without ema")
+    config = json.loads(meta["config"])
+    overrides = {**config["model"]["overrides"], "img_size": config["image_size"]}
+    metadata = {"model": meta["model"], "num_classes": meta["num_classes"], "overrides": overrides,
+                "source": f"{workdir} step {step}" + (" (EMA)" if ema else "")}  # fmt: skip
+    exported = {"params": variables[prefix + "params"], "batch_stats": variables.get(prefix + "batch_stats", {})}
+    return checkpoints.save_model(output, exported, metadata)
 
 
 def merge_pretrained(fresh: Any, loaded: Any, what: str) -> tuple[Any, list[str]]:
@@ -432,6 +476,22 @@ def evaluate(setup: Setup, config: Any, params: Any, batch_stats: Any) -> dict[s
     return results
 
 
+def initial_state(model: Any, config: Any, total_steps: int) -> TrainState:
+    """A fresh TrainState for `config` (parameters from `config.seed`); jit it with the state's out_shardings."""
+    init_key, base_key = jax.random.split(jax.random.key(config.seed))
+    images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    variables = model.init({"params": init_key}, images)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    tx, _ = make_optimizer(config, params, total_steps)
+    ema = config.ema_decay > 0
+    copy = functools.partial(jax.tree.map, jnp.copy)  # the EMA gets its own buffers: the train step donates both
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=tx.init(params),
+        ema_params=copy(params) if ema else None, ema_batch_stats=copy(batch_stats) if ema else None,
+        rng=jax.random.key_data(base_key),
+    )  # fmt: skip
+
+
 def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], None] | None = None) -> TrainState:
     """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
@@ -449,20 +509,7 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
     eval_every = config.eval_every_steps or epoch_steps
 
     # Initial state (abstract first, to place every array on its sharding directly).
-    images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    init_key, base_key = jax.random.split(jax.random.key(config.seed))
-
-    def init_state() -> TrainState:
-        variables = model.init({"params": init_key}, images)
-        params, batch_stats = variables["params"], variables.get("batch_stats", {})
-        tx, _ = make_optimizer(config, params, total_steps)
-        ema = config.ema_decay > 0
-        return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=tx.init(params),
-            ema_params=params if ema else None, ema_batch_stats=batch_stats if ema else None,
-            rng=jax.random.key_data(base_key),
-        )  # fmt: skip
-
+    init_state = functools.partial(initial_state, model, config, total_steps)
     abstract = jax.eval_shape(init_state)
     shardings = state_shardings(abstract, mesh, config.sharding)
     tx, schedule = make_optimizer(config, abstract.params, total_steps)
@@ -488,7 +535,7 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
     start = int(state.step)
     batches = input_pipeline.train_batches(
         setup.builder, config, global_batch=config.batch_size, start_step=start,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        process_index=jax.process_index(), process_count=jax.process_count(), token_grid=model.grid,
     )  # fmt: skip
     log = MetricsLog(workdir, is_main)
     stopper = Stopper()

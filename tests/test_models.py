@@ -221,3 +221,23 @@ def test_from_torch_names_missing_unexpected_and_misshaped_keys():
     assert "1 missing key(s): blocks.1.mlp.fc2.bias" in message
     assert "1 unexpected key(s): blocks.0.extra.weight" in message
     assert "norm.weight: checkpoint (47,), model needs (48,)" in message
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+@pytest.mark.parametrize("tokens,head_dim", [(197, 64), (197, 60), (50, 66)])
+def test_cudnn_attention_matches_xla(tokens, head_dim):
+    """The padded cuDNN path (tokens to a multiple of 64, head dim to a multiple of 8) computes XLA's attention,
+    forward and backward."""
+    from sot_jax.models.layers import _cudnn_attention
+
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, tokens, 3, head_dim), jnp.bfloat16)
+
+    def value_and_grads(attention):
+        loss = lambda *qkv: jnp.sum(jnp.sin(attention(*qkv).astype(jnp.float32)))  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(q, k, v)
+
+    xla = value_and_grads(lambda *qkv: jax.nn.dot_product_attention(*qkv, implementation="xla"))
+    cudnn = value_and_grads(_cudnn_attention)
+    for a, b in zip(jax.tree.leaves(cudnn), jax.tree.leaves(xla), strict=True):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert np.linalg.norm(a - b) <= 2e-2 * np.linalg.norm(b)

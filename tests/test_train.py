@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT, TINY_MODEL, tiny_overrides
 
 from sot_jax import checkpoints, models, plot, train
 
@@ -299,3 +299,27 @@ def test_weight_decay_skips_one_dimensional_and_named_parameters():
     sot_mask = train.weight_decay_mask(sot, ())
     assert sot_mask["cls_token"]  # SoT decays its class token (SPEC §3)
     assert not sot_mask["classifier"]["representation"]["svpn_start"]
+
+
+def test_a_training_run_exports_to_a_model_checkpoint(tiny_config, tmp_path):
+    config = tiny_config(total_steps=3, ema_decay=0.9)
+    state = train.train_and_evaluate(config, tmp_path / "run")
+    for ema in (False, True):
+        model, variables, metadata = checkpoints.load_model(
+            train.export_model(str(tmp_path / "run"), str(tmp_path / f"export_{ema}"), ema=ema)
+        )
+        images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+        params = state.ema_params if ema else state.params
+        expected = train.build_model(config, 10).apply({"params": params, "batch_stats": state.batch_stats}, images)
+        np.testing.assert_allclose(model.apply(variables, images), expected, rtol=1e-5, atol=1e-6)
+        assert metadata["num_classes"] == 10 and "step 3" in metadata["source"]
+    with pytest.raises(ValueError, match="no training checkpoint"):
+        train.export_model(str(tmp_path / "nothing"), str(tmp_path / "x"))
+
+
+def test_eval_step_handles_fewer_than_five_classes():
+    model = models.create_model("deit_tiny_patch16_224", num_classes=2, img_size=32, **{**TINY_MODEL, "depth": 1})
+    variables = model.init({"params": jax.random.key(0)}, jnp.zeros((1, 32, 32, 3)))
+    batch = {"image": jnp.zeros((4, 32, 32, 3), jnp.uint8), "label": jnp.array([0, 1, 0, 1]), "mask": jnp.ones(4)}
+    counts = train.eval_step(variables["params"], {}, batch, model=model, class_mask=None)
+    assert float(counts["top5"]) == 4.0 and float(counts["top1"]) == 2.0 and float(counts["count"]) == 4.0

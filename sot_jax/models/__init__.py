@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sot_jax.models import deit, hvt, lvvit, sot
+from sot_jax.models.layers import attention_implementation
 from sot_jax.models.spec import ModelSpec
 from sot_jax.models.vision_transformer import VisionTransformer, hvt_pooled_lengths
 
@@ -41,6 +42,7 @@ BACKBONE_OVERRIDES = (
     "num_heads",
     "mlp_hidden",
     "pool_block_width",
+    "attention",
 )
 HEAD_OVERRIDES = {
     "head": "representation",
@@ -68,9 +70,9 @@ def get_spec(name: str) -> ModelSpec:
 
 def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> VisionTransformer:
     """Build a registered model. Overrides: img_size, drop_path_rate, dropout, dtype (compute dtype; parameters
-    stay float32), the trunk's embed_dim, depth, num_heads, mlp_hidden (and HVT's pool_block_width), and for the
-    head: head, fusion, svpn, svpn_alpha, wr_dim, mgcrp_heads, head_dropout, gem_groups (ggem; default the
-    backbone's attention heads), gem_positive."""
+    stay float32), attention ("auto", "xla" or "cudnn"), the trunk's embed_dim, depth, num_heads, mlp_hidden (and
+    HVT's pool_block_width), and for the head: head, fusion, svpn, svpn_alpha, wr_dim, mgcrp_heads, head_dropout,
+    gem_groups (ggem; default the backbone's attention heads), gem_positive."""
     spec = get_spec(name)
     unknown = set(overrides) - set(BACKBONE_OVERRIDES) - set(HEAD_OVERRIDES)
     if unknown:
@@ -92,6 +94,7 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> Vision
         head=head,
         **backbone,
     )
+    attention_implementation(model.attention, dtype)
     rows, cols = model.grid  # validates img_size (and HVT's pooling) now rather than at the first call
     hvt_pooled_lengths(rows * cols, model.depth, model.pool_block_width)
     return model

@@ -49,7 +49,10 @@ def _remove_scalar_mean(x: jax.Array) -> jax.Array:
 
 
 class MGCrP(nn.Module):
-    """Multi-headed global cross-covariance pooling with singular value power normalization."""
+    """Multi-headed global cross-covariance pooling with singular value power normalization.
+
+    `apply(..., mutable=["intermediates"])` also returns each head's cross-covariance Z (B, heads, q, q) under
+    intermediates/…/representation/cross_covariance (what the SVPN explorer notebook plots)."""
 
     num_heads: int
     wr_dim: int
@@ -66,6 +69,7 @@ class MGCrP(nn.Module):
         a, b = jnp.moveaxis(projected.reshape(batch, tokens, 2, heads, q).astype(jnp.float32), (2, 3), (0, 2))
         a, b = _remove_scalar_mean(a), _remove_scalar_mean(b)
         z = jnp.einsum("bhnq,bhnr->bhqr", a, b, precision=jax.lax.Precision.HIGHEST) / tokens
+        self.sow("intermediates", "cross_covariance", z)  # kept only with mutable=["intermediates"]
         start = None
         if self.svpn_method == "power_iter":
             start = self.param("svpn_start", nn.initializers.normal(1.0), (q,))

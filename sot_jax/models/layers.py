@@ -73,19 +73,51 @@ class Mlp(nn.Module):
         return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+
+
+def attention_implementation(choice: str, dtype: Dtype) -> str:
+    """'auto' picks cuDNN's fused (flash) attention on GPU in 16-bit compute (its only dtypes), else XLA's."""
+    if choice not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {choice!r}; choose one of {ATTENTION_IMPLEMENTATIONS}")
+    if choice == "auto":
+        return "cudnn" if jax.default_backend() == "gpu" and jnp.dtype(dtype).itemsize == 2 else "xla"
+    return choice
+
+
+def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """cuDNN's fused attention on (B, N, heads, head_dim). It refuses some shapes, so both are zero-padded: tokens
+    to a multiple of 64 (its backward refuses 197) with the padding masked out as keys, and the head dim to a
+    multiple of 8 (SoT-Tiny's 60, SoT-Base's 66) with the softmax scale of the true head dim."""
+    batch, tokens, _, head_dim = q.shape
+    padded_tokens, padded_dim = -(-tokens // 64) * 64, -(-head_dim // 8) * 8
+    pad = lambda t: jnp.pad(t, ((0, 0), (0, padded_tokens - tokens), (0, 0), (0, padded_dim - head_dim)))  # noqa: E731
+    lengths = jnp.full((batch,), tokens, jnp.int32)
+    out = jax.nn.dot_product_attention(
+        pad(q), pad(k), pad(v), scale=head_dim**-0.5, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+        implementation="cudnn",
+    )  # fmt: skip
+    return out[:, :tokens, :, :head_dim]
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU)."""
+    """Multi-head self-attention through `jax.nn.dot_product_attention` (see `attention_implementation`)."""
 
     num_heads: int
     qkv_bias: bool
     dtype: Dtype = jnp.float32
+    implementation: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, tokens, dim = x.shape
         qkv = Dense(3 * dim, "qkv", use_bias=self.qkv_bias, dtype=self.dtype)(x)
         q, k, v = jnp.moveaxis(qkv.reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads), 2, 0)
-        x = jax.nn.dot_product_attention(q, k, v).reshape(batch, tokens, dim)
+        if attention_implementation(self.implementation, self.dtype) == "cudnn":
+            x = _cudnn_attention(q, k, v)
+        else:
+            x = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+        x = x.reshape(batch, tokens, dim)
         return Dense(dim, "proj", dtype=self.dtype)(x)
 
 
@@ -105,12 +137,13 @@ class Block(nn.Module):
     skip_lam: float = 1.0
     pooled_length: int | None = None
     dtype: Dtype = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         norm = lambda name: nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name=name)  # noqa: E731
         drop_path = DropPath(self.drop_path)
-        y = Attention(self.num_heads, self.qkv_bias, self.dtype, name="attn")(norm("norm1")(x))
+        y = Attention(self.num_heads, self.qkv_bias, self.dtype, self.attention, name="attn")(norm("norm1")(x))
         y = nn.Dropout(self.dropout, deterministic=not train)(y)
         x = x + drop_path(y, train) / self.skip_lam
         y = Mlp(self.mlp_hidden, self.dropout, self.dtype, name="mlp")(norm("norm2")(x), train)
@@ -165,6 +198,7 @@ def transformer_blocks(
     dtype: Dtype,
     skip_lam: float = 1.0,
     pooled_lengths: Sequence[int | None] | None = None,
+    attention: str = "auto",
 ) -> jax.Array:
     """`depth` Blocks named blocks_0, blocks_1, … with linearly rising drop path.
 
@@ -182,6 +216,7 @@ def transformer_blocks(
             skip_lam=skip_lam,
             pooled_length=pooled,
             dtype=dtype,
+            attention=attention,
             name=f"blocks_{i}",
         )
         x = block(x, train)

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sot_jax import token_labels
 from sot_jax.models.heads import ClassifierHead
 from sot_jax.models.layers import (
     Dtype,
@@ -39,10 +40,11 @@ def hvt_pooled_lengths(num_tokens: int, depth: int, pool_block_width: int | None
 class VisionTransformer(nn.Module):
     """A ViT whose stem, position embedding, class token, pooling and head are chosen by its family.
 
-    `__call__(images, train)`: images are float NHWC of `img_size`, normalized. Returns float32 logits
+    `__call__(images, train, mix_box)`: images are float NHWC of `img_size`, normalized. Returns float32 logits
     (B, num_classes), or in training for the `sum_loss` fusion and the LV-ViT `token_label` head, the pair
-    (class-token logits, other logits) described in `heads.ClassifierHead`. Training needs the rng stream
-    'dropout' (dropout and drop path) and, for stems with BatchNorm, `mutable=['batch_stats']`.
+    (class-token logits, other logits) described in `heads.ClassifierHead`. `mix_box` (top, left, bottom, right
+    on the token grid) applies MixToken (`token_labels.mix_tokens`); token logits come back un-mixed. Training
+    needs the rng stream 'dropout' (dropout and drop path) and, for stems with BatchNorm, `mutable=['batch_stats']`.
     """
 
     model_name: str
@@ -64,17 +66,20 @@ class VisionTransformer(nn.Module):
     drop_path_rate: float = 0.0
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    attention: str = "auto"  # layers.ATTENTION_IMPLEMENTATIONS
 
     @property
     def grid(self) -> tuple[int, int]:
         return token_grid(self.img_size, self.stride, self.model_name)
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> Any:
+    def __call__(self, images: jax.Array, train: bool = False, mix_box: jax.Array | None = None) -> Any:
         check_images(images, self.img_size, self.model_name)
         rows, cols = self.grid
         x = self.stem(images.astype(self.dtype), train)
         x = x.reshape(x.shape[0], rows * cols, self.embed_dim)
+        if mix_box is not None:  # MixToken, before the class token and position embedding
+            x = token_labels.mix_tokens(x, mix_box, self.grid)
         if self.cls_token:
             cls = self.param("cls_token", dense_init, (1, 1, self.embed_dim))
             x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.embed_dim)).astype(x.dtype), x], axis=1)
@@ -95,9 +100,13 @@ class VisionTransformer(nn.Module):
             dtype=self.dtype,
             skip_lam=self.skip_lam,
             pooled_lengths=hvt_pooled_lengths(rows * cols, self.depth, self.pool_block_width),
+            attention=self.attention,
         )
         x = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
         head = ClassifierHead(
             self.num_classes, has_cls_token=self.cls_token, dtype=self.dtype, name="classifier", **self.head
         )
-        return jax.tree.map(lambda logits: logits.astype(jnp.float32), head(x, train))
+        outputs = head(x, train)
+        if mix_box is not None and isinstance(outputs, tuple) and outputs[1].ndim == 3:
+            outputs = (outputs[0], token_labels.mix_tokens(outputs[1], mix_box, self.grid))  # un-mix token outputs
+        return jax.tree.map(lambda logits: logits.astype(jnp.float32), outputs)
