@@ -308,13 +308,12 @@ def eval_batches(
     ds = _process_slice(_records(builder, split, shuffle_seed=None), global_batch, process_index, process_count)
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).batch(local).prefetch(tf.data.AUTOTUNE)
     produced = 0
-    template = None
     for batch in ds.as_numpy_iterator():
-        template = batch
         yield _pad(batch, local)
         produced += 1
-    for _ in range(num_batches - produced):  # this process's slice of the last global batch was empty
-        yield _pad({k: v[:0] for k, v in template.items()}, local)
+    empty = {k: np.zeros((0, *spec.shape[1:]), spec.dtype.as_numpy_dtype) for k, spec in ds.element_spec.items()}
+    for _ in range(num_batches - produced):  # this process's slice of the last global batches was empty
+        yield _pad(empty, local)
 
 
 def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

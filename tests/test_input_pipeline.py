@@ -111,3 +111,14 @@ def test_imagenet2012_as_tfds_prepares_it(tiny_imagenet, tiny_config):
     assert set(batch["label"]) <= {0, 1}  # the two synsets are ImageNet classes 0 and 1
     evaluation = list(input_pipeline.eval_batches(builder, "validation", config, global_batch=4))
     assert sum(int(b["mask"].sum()) for b in evaluation) == 6
+
+
+def test_a_process_whose_every_eval_slice_is_empty_gets_padding(digits_dir, tiny_config):
+    """359 validation digits in one global batch of 1024 over 2 processes: process 1's half is all padding."""
+    builder = input_pipeline.get_builder("digits", digits_dir)
+    kwargs = dict(global_batch=1024, process_count=2)
+    first = list(input_pipeline.eval_batches(builder, "validation", tiny_config(), process_index=0, **kwargs))
+    second = list(input_pipeline.eval_batches(builder, "validation", tiny_config(), process_index=1, **kwargs))
+    assert len(first) == len(second) == 1
+    assert int(first[0]["mask"].sum()) == 359 and int(second[0]["mask"].sum()) == 0
+    assert {k: (v.shape, v.dtype) for k, v in second[0].items()} == {k: (v.shape, v.dtype) for k, v in first[0].items()}
