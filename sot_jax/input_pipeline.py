@@ -90,20 +90,23 @@ def _random_resized_crop(image_bytes: tf.Tensor, seed: tf.Tensor, config: Any) -
     return _resize(crop, (config.image_size, config.image_size)), box
 
 
-def train_preprocess(image_bytes: tf.Tensor, seed: tf.Tensor, config: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """The training image, with its crop box (fractions of the original image) and whether it was flipped (what
-    a token label map needs to follow the image)."""
+def train_preprocess(image_bytes: tf.Tensor, seed: tf.Tensor, config: Any) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """The training image, and its geometry (what a token label map needs to follow it): `box`, the crop as
+    fractions of the original image (top, left, bottom, right); `flipped`; `affine`, RandAugment's output->input
+    pixel map (3×3)."""
     crop_seed, flip_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     image, box = _random_resized_crop(image_bytes, crop_seed, config)
     flipped = tf.constant(False)
     if config.hflip:
         flipped = tf.random.stateless_uniform([], flip_seed) < 0.5
         image = tf.cond(flipped, lambda: tf.image.flip_left_right(image), lambda: image)
+    affine = tf.eye(3)
     if config.randaugment_layers > 0:
-        image = randaugment.randaugment(
+        image, affine = randaugment.randaugment(
             image, augment_seed, config.randaugment_layers, config.randaugment_magnitude, config.randaugment_std
         )
-    return tf.ensure_shape(image, (config.image_size, config.image_size, 3)), box, flipped
+    image = tf.ensure_shape(image, (config.image_size, config.image_size, 3))
+    return image, {"box": box, "flipped": flipped, "affine": affine}
 
 
 class LabelMaps:
@@ -146,10 +149,11 @@ class LabelMaps:
 
 
 def sample_label_map(
-    scores: tf.Tensor, classes: tf.Tensor, box: tf.Tensor, flipped: tf.Tensor, grid: tuple[int, int]
+    scores: tf.Tensor, classes: tf.Tensor, geometry: dict[str, tf.Tensor], grid: tuple[int, int], image_size: int
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Follow the image's crop and flip: bilinear samples of a top-k score map at the token centres of the crop
-    (roi-align to the token grid with one sample per bin).
+    """Follow the image's crop, flip and geometric RandAugment ops (`train_preprocess`'s geometry): bilinear samples
+    of a top-k score map at the token centres, traced back to the original image (roi-align to the token grid
+    with one sample per bin). Points that RandAugment moved outside the image take the nearest border cell.
 
     scores, classes: (K, h, w), the map over the whole image. Returns per token (row-major, N = rows·cols) the
     (class, weight) pairs (N, 4K) of its four neighbouring map cells: summed per class, they are the token's
@@ -157,10 +161,18 @@ def sample_label_map(
     """
     rows, cols = grid
     k, h, w = scores.shape
-    top, left, bottom, right = tf.unstack(box)
-    y = (top + (tf.range(rows, dtype=tf.float32) + 0.5) / rows * (bottom - top)) * h - 0.5
-    x = (left + (tf.range(cols, dtype=tf.float32) + 0.5) / cols * (right - left)) * w - 0.5
-    x = tf.cond(flipped, lambda: x[::-1], lambda: x)  # flipped: token column j shows crop column cols - 1 - j
+    size = float(image_size)
+    # Token centres in the output image's pixel coordinates (pixel i is centred on i), then back through
+    # RandAugment's map and the flip to the crop, then to fractions of the original image and map coordinates.
+    row, col = tf.meshgrid(tf.range(rows, dtype=tf.float32), tf.range(cols, dtype=tf.float32), indexing="ij")
+    points = tf.stack(
+        [tf.reshape((col + 0.5) * size / cols - 0.5, [-1]), tf.reshape((row + 0.5) * size / rows - 0.5, [-1])]
+    )
+    x_out, y_out, _ = tf.unstack(geometry["affine"] @ tf.concat([points, tf.ones([1, rows * cols])], 0))
+    x_out = tf.where(geometry["flipped"], size - 1.0 - x_out, x_out)
+    top, left, bottom, right = tf.unstack(geometry["box"])
+    y = (top + (y_out + 0.5) / size * (bottom - top)) * h - 0.5
+    x = (left + (x_out + 0.5) / size * (right - left)) * w - 0.5
     y, x = tf.clip_by_value(y, 0.0, h - 1.0), tf.clip_by_value(x, 0.0, w - 1.0)
     y0, x0 = tf.floor(y), tf.floor(x)
     wy, wx = y - y0, x - x0
@@ -170,14 +182,10 @@ def sample_label_map(
     pair_classes, pair_weights = [], []
     for row_index, row_weight in ((y0, 1.0 - wy), (y1, wy)):
         for col_index, col_weight in ((x0, 1.0 - wx), (x1, wx)):
-            where = tf.stack(tf.meshgrid(row_index, col_index, indexing="ij"), axis=-1)  # (rows, cols, 2)
-            weight = row_weight[:, None] * col_weight[None, :]
+            where = tf.stack([row_index, col_index], axis=-1)  # (N, 2)
             pair_classes.append(tf.gather_nd(classes_hwk, where))
-            pair_weights.append(weight[..., None] * tf.gather_nd(scores_hwk, where))
-    return (
-        tf.reshape(tf.concat(pair_classes, -1), (rows * cols, 4 * k)),
-        tf.reshape(tf.concat(pair_weights, -1), (rows * cols, 4 * k)),
-    )
+            pair_weights.append((row_weight * col_weight)[:, None] * tf.gather_nd(scores_hwk, where))
+    return tf.concat(pair_classes, -1), tf.concat(pair_weights, -1)
 
 
 def eval_preprocess(image_bytes: tf.Tensor, config: Any) -> tf.Tensor:
@@ -266,11 +274,11 @@ def train_batches(
 
         def preprocess(index, example, epoch_seed=epoch_seed):
             seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
-            image, box, flipped = train_preprocess(example["image"], seed, config)
+            image, geometry = train_preprocess(example["image"], seed, config)
             features = {"image": image, "label": tf.cast(example["label"], tf.int32)}
             if label_maps is not None:
                 scores, classes = label_maps.lookup(example["file_name"])
-                pairs = sample_label_map(scores, classes, box, flipped, token_grid)
+                pairs = sample_label_map(scores, classes, geometry, token_grid, config.image_size)
                 features["token_label_classes"], features["token_label_weights"] = pairs
             return features
 

@@ -78,17 +78,24 @@ def _affine(image: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
     return tf.concat(channels, -1)
 
 
-def _rotate(image: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
-    height, width = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
+def _rotation(size: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
+    """Counter-clockwise about the centre (PIL's rotate): input = R(-angle)·(output - centre) + centre."""
     angle = degrees * math.pi / 180.0
     cos, sin = tf.cos(angle), tf.sin(angle)
-    cx, cy = (width - 1) / 2, (height - 1) / 2
-    # Rotate counter-clockwise about the centre (PIL's rotate): input = R(-angle)·(output - centre) + centre.
-    return _affine(image, tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy]))
+    cx, cy = (size[1] - 1) / 2, (size[0] - 1) / 2
+    return tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy])
 
 
-def apply_op(index: tf.Tensor, image: tf.Tensor, magnitude: tf.Tensor, sign: tf.Tensor) -> tf.Tensor:
-    """Operation OPS[index] at `magnitude` in [0, 10]; `sign` (±1) negates the signed ones."""
+def _homogeneous(matrix: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(tf.concat([matrix, [0.0, 0.0, 1.0]], 0), (3, 3))
+
+
+IDENTITY = tf.constant([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+def apply_op(index: tf.Tensor, image: tf.Tensor, magnitude: tf.Tensor, sign: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Operation OPS[index] at `magnitude` in [0, 10]; `sign` (±1) negates the signed ones. Returns the image and
+    the output->input pixel map of the geometric ops as a 3×3 matrix (identity for the others)."""
     level = magnitude / MAX_LEVEL
     size = tf.cast(tf.shape(image)[:2], tf.float32)
     enhance = 1.0 + sign * level * 0.9
@@ -105,31 +112,43 @@ def apply_op(index: tf.Tensor, image: tf.Tensor, magnitude: tf.Tensor, sign: tf.
         mean = tf.reduce_mean(tf.cast(tf.image.rgb_to_grayscale(image), tf.float32))
         return _blend(tf.fill(tf.shape(image), tf.cast(tf.round(mean), tf.uint8)), image, enhance)
 
+    def geometric(matrix):
+        return lambda: (_affine(image, matrix), matrix)
+
+    def photometric(op):
+        return lambda: (op(), IDENTITY)
+
     branches = [
-        lambda: _auto_contrast(image),
-        lambda: _equalize(image),
-        lambda: 255 - image,
-        lambda: _rotate(image, sign * level * 30.0),
-        posterize,
-        lambda: tf.where(tf.cast(image, tf.int32) >= 256 - tf.cast(level * 256, tf.int32), 255 - image, image),
-        solarize_add,
-        lambda: _blend(_grayscale(image), image, enhance),
-        contrast,
-        lambda: _blend(tf.zeros_like(image), image, enhance),
-        lambda: _sharpness(image, enhance),
-        lambda: _affine(image, tf.stack([1.0, sign * level * 0.3, 0.0, 0.0, 1.0, 0.0])),
-        lambda: _affine(image, tf.stack([1.0, 0.0, 0.0, sign * level * 0.3, 1.0, 0.0])),
-        lambda: _affine(image, tf.stack([1.0, 0.0, sign * level * 0.45 * size[1], 0.0, 1.0, 0.0])),
-        lambda: _affine(image, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, sign * level * 0.45 * size[0]])),
+        photometric(lambda: _auto_contrast(image)),
+        photometric(lambda: _equalize(image)),
+        photometric(lambda: 255 - image),
+        geometric(_rotation(size, sign * level * 30.0)),
+        photometric(posterize),
+        photometric(
+            lambda: tf.where(tf.cast(image, tf.int32) >= 256 - tf.cast(level * 256, tf.int32), 255 - image, image)
+        ),
+        photometric(solarize_add),
+        photometric(lambda: _blend(_grayscale(image), image, enhance)),
+        photometric(contrast),
+        photometric(lambda: _blend(tf.zeros_like(image), image, enhance)),
+        photometric(lambda: _sharpness(image, enhance)),
+        geometric(tf.stack([1.0, sign * level * 0.3, 0.0, 0.0, 1.0, 0.0])),
+        geometric(tf.stack([1.0, 0.0, 0.0, sign * level * 0.3, 1.0, 0.0])),
+        geometric(tf.stack([1.0, 0.0, sign * level * 0.45 * size[1], 0.0, 1.0, 0.0])),
+        geometric(tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, sign * level * 0.45 * size[0]])),
     ]
-    return tf.ensure_shape(tf.switch_case(index, branches), image.shape)
+    image_out, matrix = tf.switch_case(index, branches)
+    return tf.ensure_shape(image_out, image.shape), _homogeneous(matrix)
 
 
 def randaugment(
     image: tf.Tensor, seed: tf.Tensor, num_layers: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.5
-) -> tf.Tensor:
-    """timm's RandAugment (increasing ops, each applied with probability 0.5) on a uint8 (H, W, 3) image."""
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """timm's RandAugment (increasing ops, each applied with probability 0.5) on a uint8 (H, W, 3) image.
+
+    Also returns the output->input pixel map of the geometric ops applied (3×3; what a token label map needs)."""
     seeds = tf.random.experimental.stateless_split(seed, 4 * num_layers)
+    total = tf.eye(3)
     for layer in range(num_layers):
         op_seed, apply_seed, magnitude_seed, sign_seed = tf.unstack(seeds[4 * layer : 4 * layer + 4])
         index = tf.random.stateless_uniform([], op_seed, 0, len(OPS), dtype=tf.int32)
@@ -137,5 +156,8 @@ def randaugment(
         level = tf.clip_by_value(noisy, 0.0, MAX_LEVEL)
         sign = tf.where(tf.random.stateless_uniform([], sign_seed) < 0.5, -1.0, 1.0)
         apply = tf.random.stateless_uniform([], apply_seed) < 0.5
-        image = tf.cond(apply, lambda i=index, x=image, m=level, s=sign: apply_op(i, x, m, s), lambda x=image: x)
-    return image
+        image, matrix = tf.cond(
+            apply, lambda i=index, x=image, m=level, s=sign: apply_op(i, x, m, s), lambda x=image: (x, tf.eye(3))
+        )
+        total = total @ matrix  # this layer's output -> its input, then the earlier layers' maps
+    return image, total

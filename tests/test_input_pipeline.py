@@ -79,23 +79,31 @@ def test_every_randaugment_operation_runs_and_keeps_shape():
     rng = np.random.default_rng(0)
     image = tf.constant(rng.integers(0, 256, size=(24, 20, 3)), tf.uint8)
     for index, name in enumerate(randaugment.OPS):
-        out = randaugment.apply_op(tf.constant(index), image, tf.constant(9.0), tf.constant(1.0))
+        out, matrix = randaugment.apply_op(tf.constant(index), image, tf.constant(9.0), tf.constant(1.0))
         assert out.shape == image.shape and out.dtype == tf.uint8, name
+        geometric = name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
+        assert np.allclose(matrix.numpy(), np.eye(3)) != geometric, name
         if name not in ("AutoContrast", "Equalize"):  # the random image already spans 0..255 (nearly flat histogram)
             assert not np.array_equal(out.numpy(), image.numpy()), name
     # Magnitude 0 leaves the enhancement and geometric operations unchanged.
     for name in ("Color", "Contrast", "Brightness", "Sharpness", "Rotate", "ShearX", "TranslateY"):
-        out = randaugment.apply_op(tf.constant(randaugment.OPS.index(name)), image, tf.constant(0.0), tf.constant(1.0))
+        out, _ = randaugment.apply_op(
+            tf.constant(randaugment.OPS.index(name)), image, tf.constant(0.0), tf.constant(1.0)
+        )
         np.testing.assert_array_equal(out.numpy(), image.numpy(), err_msg=name)
     seed = tf.constant([3, 4], tf.int64)
-    first, second = randaugment.randaugment(image, seed), randaugment.randaugment(image, seed)
+    (first, first_map), (second, second_map) = (
+        randaugment.randaugment(image, seed),
+        randaugment.randaugment(image, seed),
+    )
     np.testing.assert_array_equal(first.numpy(), second.numpy())
+    np.testing.assert_array_equal(first_map.numpy(), second_map.numpy())
 
 
 def test_rotate_turns_counter_clockwise_like_pil():
     image = np.zeros((21, 21, 3), np.uint8)
     image[10, 15:] = 255  # a bar to the right of the centre
-    out = randaugment.apply_op(
+    out, _ = randaugment.apply_op(
         tf.constant(randaugment.OPS.index("Rotate")), tf.constant(image), tf.constant(10.0), tf.constant(1.0)
     )
     reference = np.asarray(Image.fromarray(image).rotate(30.0, resample=Image.BILINEAR, fillcolor=randaugment.FILL))

@@ -7,10 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import TINY_MODEL
 from PIL import Image
 
-from sot_jax import models, token_labels, train
+from sot_jax import input_pipeline, models, randaugment, token_labels, train
 
 
 def official_rand_bbox(lam, cy, cx, rows, cols):
@@ -118,42 +119,60 @@ def position_coded_image_and_map(cells: int = 8, size: int = 128):
     for r in range(cells):
         for c in range(cells):
             pixels[r * block : (r + 1) * block, c * block : (c + 1) * block] = (32 * r, 32 * c, 128)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
     scores = np.zeros((5, cells, cells), np.float32)
     classes = np.zeros((5, cells, cells), np.int32)
     scores[0] = 10.0
     classes[0] = np.arange(cells * cells).reshape(cells, cells)
     for k in range(1, 5):  # other top-k entries: weak, elsewhere
         scores[k], classes[k] = 1.0, (classes[0] + 7 * k) % (cells * cells)
-    return buffer.getvalue(), scores, classes
+    return pixels, scores, classes
+
+
+def check_alignment(image, scores, classes, geometry, grid):
+    """Per token: the map's top class after sampling, against the block the image shows at the token centre.
+    Returns (tokens agreeing, tokens compared); disagreement is allowed only with a neighbouring block (a centre
+    on a block edge that resampling blurs). Tokens showing RandAugment's fill colour are skipped."""
+    pairs = input_pipeline.sample_label_map(tf.constant(scores), tf.constant(classes), geometry, grid, image.shape[0])
+    _, token_targets = token_labels.dense_targets(*(jnp.asarray(p.numpy())[None] for p in pairs), 64, 0.0)
+    from_map = np.argmax(np.asarray(token_targets[0]), -1).reshape(grid)
+    step = image.shape[0] // grid[0]
+    pixels = np.asarray(image, np.float32)  # a token's centre lies between the middle two pixels of its step
+    centre = sum(pixels[r::step, c::step] for r in (step // 2 - 1, step // 2) for c in (step // 2 - 1, step // 2)) / 4
+    from_image = np.round(centre[..., 0] / 32) * 8 + np.round(centre[..., 1] / 32)
+    inside = np.abs(centre[..., 2] - 128) < 8
+    off = (from_map != from_image) & inside
+    assert np.all(np.abs(from_map[off] // 8 - from_image[off] // 8) <= 1)
+    assert np.all(np.abs(from_map[off] % 8 - from_image[off] % 8) <= 1)
+    return int(np.sum(~off & inside)), int(np.sum(inside))
 
 
 def test_label_map_stays_aligned_with_its_image_through_crop_and_flip(tiny_config):
-    import tensorflow as tf
-
-    from sot_jax import input_pipeline
-
     config = tiny_config(image_size=64, crop_scale=(0.2, 1.0), hflip=True, randaugment_layers=0)
-    image_bytes, scores, classes = position_coded_image_and_map()
-    grid, agree, total, flips = (4, 4), 0, 0, 0
+    pixels, scores, classes = position_coded_image_and_map()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    agree = total = flips = 0
     for seed in range(40):
         seed = tf.constant([seed, 1], tf.int64)
-        image, box, flipped = input_pipeline.train_preprocess(tf.constant(image_bytes), seed, config)
-        pairs = input_pipeline.sample_label_map(tf.constant(scores), tf.constant(classes), box, flipped, grid)
-        _, token_targets = token_labels.dense_targets(*(jnp.asarray(p.numpy())[None] for p in pairs), 64, 0.0)
-        from_map = np.argmax(np.asarray(token_targets[0]), -1).reshape(grid)
-        pixels = image.numpy().astype(np.float32)  # a token's centre lies between pixels 7 and 8 of its 16
-        centres = sum(pixels[r::16, c::16] for r in (7, 8) for c in (7, 8)) / 4
-        from_image = np.round(centres[..., 0] / 32) * 8 + np.round(centres[..., 1] / 32)
-        off = from_map != from_image
-        # Disagreement only where a token centre sits on a block edge that resizing blurs: a neighbouring cell.
-        assert np.all(np.abs(from_map[off] // 8 - from_image[off] // 8) <= 1)
-        assert np.all(np.abs(from_map[off] % 8 - from_image[off] % 8) <= 1)
-        agree, total, flips = agree + int(np.sum(~off)), total + off.size, flips + bool(flipped)
+        image, geometry = input_pipeline.train_preprocess(tf.constant(buffer.getvalue()), seed, config)
+        hits, count = check_alignment(image.numpy(), scores, classes, geometry, (4, 4))
+        agree, total, flips = agree + hits, total + count, flips + bool(geometry["flipped"])
     assert 5 <= flips <= 35  # both branches ran
     # (Ignoring the flip gives 31% here, swapping the box's axes 21%.)
     assert agree / total > 0.9, f"only {agree}/{total} tokens carry their own image position"
+
+
+@pytest.mark.parametrize("op", ["Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"])
+def test_label_map_follows_randaugment_geometry(op):
+    pixels, scores, classes = position_coded_image_and_map(size=64)
+    agree = total = 0
+    for sign in (-1.0, 1.0):
+        index = tf.constant(randaugment.OPS.index(op))
+        image, affine = randaugment.apply_op(index, tf.constant(pixels), tf.constant(6.0), tf.constant(sign))
+        geometry = {"box": tf.constant([0.0, 0.0, 1.0, 1.0]), "flipped": tf.constant(False), "affine": affine}
+        hits, count = check_alignment(image.numpy(), scores, classes, geometry, (8, 8))
+        agree, total = agree + hits, total + count
+    assert total > 60 and agree / total > 0.85, f"{op}: only {agree}/{total} tokens carry their own position"
 
 
 def write_label_maps(root, names_by_class, shape=(5, 6, 6), num_classes=1000, seed=0):
@@ -169,10 +188,9 @@ def write_label_maps(root, names_by_class, shape=(5, 6, 6), num_classes=1000, se
 
 
 def test_converted_label_maps_are_found_by_file_name(tmp_path):
-    import tensorflow as tf
     import torch
 
-    from sot_jax import convert_labels, input_pipeline
+    from sot_jax import convert_labels
 
     write_label_maps(tmp_path / "raw", {"n01": ["n01_1", "n01_2"], "n02": ["n02_7"]})
     out = convert_labels.convert_labels(tmp_path / "raw", tmp_path / "maps")
@@ -216,8 +234,6 @@ def test_malformed_label_files_are_named_and_nothing_is_written(tmp_path, conten
 
 
 def test_missing_label_folder_and_wrong_class_count_are_clear(tmp_path, tiny_config):
-    from sot_jax import input_pipeline
-
     with pytest.raises(FileNotFoundError, match="missing meta.json"):
         input_pipeline.LabelMaps(str(tmp_path / "nowhere"))
     config = tiny_config(token_label_dir=str(tmp_path))
@@ -231,7 +247,7 @@ def test_missing_label_folder_and_wrong_class_count_are_clear(tmp_path, tiny_con
 def test_a_tiny_lvvit_run_learns_from_token_label_maps(tiny_imagenet, tiny_config, tmp_path):
     import tensorflow_datasets as tfds
 
-    from sot_jax import convert_labels, input_pipeline
+    from sot_jax import convert_labels
 
     builder = tfds.builder("imagenet2012", data_dir=tiny_imagenet)
     names = [x["file_name"].decode().rsplit(".", 1)[0] for x in tfds.as_numpy(builder.as_dataset(split="train"))]
