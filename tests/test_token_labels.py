@@ -268,3 +268,15 @@ def test_a_tiny_lvvit_run_learns_from_token_label_maps(tiny_imagenet, tiny_confi
     records = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
     assert TINY_MODEL["embed_dim"] == state.params["norm"]["scale"].shape[0]
+
+
+def test_convert_labels_command_line_reports_errors_and_writes(tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "sot_jax.convert_labels", "--label-root", str(tmp_path / "raw")]
+    failed = subprocess.run([*command, "--output", str(tmp_path / "maps")], capture_output=True, text=True)
+    assert failed.returncode != 0 and "error: no token label maps" in failed.stderr
+    write_label_maps(tmp_path / "raw", {"n01": ["n01_1"]}, num_classes=10)
+    done = subprocess.run([*command, "--output", str(tmp_path / "maps"), "--num-classes", "10"], capture_output=True)
+    assert done.returncode == 0 and json.loads((tmp_path / "maps" / "meta.json").read_text())["num_classes"] == 10
