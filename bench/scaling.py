@@ -3,8 +3,8 @@
 
     python bench/scaling.py [--model sot_small] [--devices 1,2,4] [--batch-per-device 256] [--json OUT.json]
 
-The step is `sot_jax.train.train_step` jitted over a Mesh exactly as `sot_jax.main` runs it (the same
-shardings, donation and bf16), on synthetic images already on the devices.
+The step is `sot_jax.train.jit_train_step`, exactly what `sot_jax.main` runs (the same shardings, donation and
+bf16), on synthetic images already on the devices.
 """
 
 from __future__ import annotations
@@ -34,12 +34,7 @@ def images_per_second(name: str, num_devices: int, sharding: str, batch_per_devi
     tx, schedule = train.make_optimizer(config, state.params, total_steps=10_000)
     batch_sharding = NamedSharding(mesh, P("data"))
     data = jax.device_put(synthetic_batch(config.batch_size), batch_sharding)
-    step = jax.jit(
-        functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, config=config),
-        in_shardings=(shardings, batch_sharding),
-        out_shardings=(shardings, NamedSharding(mesh, P())),
-        donate_argnums=(0,),
-    )
+    step = train.jit_train_step(model, tx, schedule, config, shardings, batch_sharding)
     holder = {"state": state}
 
     def call():

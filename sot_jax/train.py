@@ -476,6 +476,18 @@ def evaluate(setup: Setup, config: Any, params: Any, batch_stats: Any) -> dict[s
     return results
 
 
+def jit_train_step(
+    model: Any, tx: Any, schedule: Callable, config: Any, shardings: TrainState, batch_sharding: NamedSharding
+) -> Callable:
+    """`train_step` jitted over the batch's mesh: the state keeps `shardings` (and is donated), metrics replicate."""
+    return jax.jit(
+        functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
+        in_shardings=(shardings, batch_sharding),
+        out_shardings=(shardings, NamedSharding(batch_sharding.mesh, P())),
+        donate_argnums=(0,),
+    )
+
+
 def initial_state(model: Any, config: Any, total_steps: int) -> TrainState:
     """A fresh TrainState for `config` (parameters from `config.seed`); jit it with the state's out_shardings."""
     init_key, base_key = jax.random.split(jax.random.key(config.seed))
@@ -526,12 +538,7 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
         if config.init_from:
             state = start_from_pretrained(state, config.init_from, shardings)
 
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
-        in_shardings=(shardings, setup.batch_sharding),
-        out_shardings=(shardings, NamedSharding(mesh, P())),
-        donate_argnums=(0,),
-    )
+    step_fn = jit_train_step(model, tx, schedule, config, shardings, setup.batch_sharding)
     start = int(state.step)
     batches = input_pipeline.train_batches(
         setup.builder, config, global_batch=config.batch_size, start_step=start,
