@@ -244,7 +244,7 @@ def test_missing_label_folder_and_wrong_class_count_are_clear(tmp_path, tiny_con
         train.validate_config(tiny_config(token_label_dir="x", mixup=0.8), 1, 1)
 
 
-def test_a_tiny_lvvit_run_learns_from_token_label_maps(tiny_imagenet, tiny_config, tmp_path):
+def test_a_tiny_lvvit_run_trains_on_token_label_maps(tiny_imagenet, tiny_config, tmp_path):
     import tensorflow_datasets as tfds
 
     from sot_jax import convert_labels
@@ -256,18 +256,29 @@ def test_a_tiny_lvvit_run_learns_from_token_label_maps(tiny_imagenet, tiny_confi
         by_class.setdefault(name.split("_")[0], []).append(name)
     write_label_maps(tmp_path / "raw", by_class)
     maps = convert_labels.convert_labels(tmp_path / "raw", tmp_path / "maps")
-    config = tiny_config(
-        dataset="imagenet2012", data_dir=tiny_imagenet, batch_size=4, total_steps=3, eval_every_steps=3,
-        token_label_dir=str(maps), mix_token=True, image_size=64,
-    )  # fmt: skip
-    config.model.name = "lvvit_t"
+
+    def lvvit_config(token_label_dir):
+        config = tiny_config(
+            dataset="imagenet2012", data_dir=tiny_imagenet, batch_size=4, total_steps=3, eval_every_steps=3,
+            token_label_dir=token_label_dir, mix_token=True, image_size=64,
+        )  # fmt: skip
+        config.model.name = "lvvit_t"
+        return config
+
+    def train_losses(run, config):
+        state = train.train_and_evaluate(config, tmp_path / run)
+        assert int(state.step) == 3 and state.params["norm"]["scale"].shape == (TINY_MODEL["embed_dim"],)
+        records = [json.loads(r) for r in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in records if "loss" in r]
+
+    config = lvvit_config(str(maps))
     batch = next(input_pipeline.train_batches(builder, config, global_batch=4, start_step=0, token_grid=(4, 4)))
     assert batch["token_label_classes"].shape == (4, 16, 20) and batch["token_label_weights"].shape == (4, 16, 20)
-    state = train.train_and_evaluate(config, tmp_path / "run")
-    assert int(state.step) == 3
-    records = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
-    assert TINY_MODEL["embed_dim"] == state.params["norm"]["scale"].shape[0]
+    assert np.all(np.isin(batch["token_label_classes"], np.load(maps / "classes.npy")))
+    with_maps = train_losses("maps", config)
+    assert all(np.isfinite(with_maps))
+    # The same run on image labels alone (the official fallback) sees other targets: the maps reach the loss.
+    assert not np.allclose(with_maps, train_losses("image_labels", lvvit_config("")))
 
 
 def test_convert_labels_command_line_reports_errors_and_writes(tmp_path):
