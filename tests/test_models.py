@@ -223,6 +223,38 @@ def test_from_torch_names_missing_unexpected_and_misshaped_keys():
     assert "norm.weight: checkpoint (47,), model needs (48,)" in message
 
 
+@pytest.mark.parametrize("height,width", [(8, 8), (7, 9), (2, 3)])
+@pytest.mark.parametrize("constant", [False, True], ids=["random", "ties"])
+def test_stem_conv_max_pool_is_conv_then_max_pool(height, width, constant):
+    """SoT's fused first conv + max-pool gives the plain conv → max-pool values and gradients (odd sizes included;
+    a constant image makes the nine candidates tie, where the gradient must go to exactly one of them)."""
+    import flax.linen as nn
+
+    from sot_jax.models.sot import ConvMaxPool
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(height * width)
+        images = jnp.asarray(np.ones((2, height, width, 3)) if constant else rng.normal(size=(2, height, width, 3)))
+        module = ConvMaxPool(5, jnp.float64)
+        params = {"kernel": jnp.asarray(rng.normal(size=(3, 3, 3, 5))), "bias": jnp.asarray(rng.normal(size=5))}
+
+        def plain(params):
+            conv = jax.lax.conv_general_dilated(images, params["kernel"], (1, 1), ((1, 1), (1, 1)),
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+            return nn.max_pool(conv + params["bias"], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+        def fused(params):
+            return module.apply({"params": params}, images)
+
+        for fn in (plain, fused):
+            assert fn(params).shape == (2, -(-height // 2), -(-width // 2), 5)
+        np.testing.assert_allclose(fused(params), plain(params), rtol=1e-12, atol=1e-12)
+        weights = jnp.asarray(rng.normal(size=plain(params).shape))
+        grads = [jax.grad(lambda p, fn=fn: jnp.sum(weights * fn(p)))(params) for fn in (fused, plain)]
+        for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
 @pytest.mark.parametrize("tokens,head_dim", [(197, 64), (197, 60), (50, 66)])
 def test_cudnn_attention_matches_xla(tokens, head_dim):

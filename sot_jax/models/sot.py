@@ -16,8 +16,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from sot_jax.models.layers import Dtype, batch_norm, conv
+from sot_jax.models.layers import Dtype, batch_norm, conv, conv_init
 from sot_jax.models.spec import ModelSpec
 
 TOKEN_DIM = 64
@@ -59,6 +60,74 @@ class DenseTransition(nn.Module):
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
+def _offset_placement() -> np.ndarray:
+    """P[d, t, s, r] = 1 where input pixel 2o + d - 1 + t (tap t of the conv at pixel 2o + d, d = -1, 0, 1) is
+    pixel r of the space-to-depth cell o + s (s = -1, 0, 1), for one spatial axis."""
+    placement = np.zeros((3, 3, 3, 2), np.float32)
+    for d in range(3):
+        for t in range(3):
+            s, r = divmod(d + t - 2, 2)
+            placement[d, t, s + 1, r] = 1
+    return placement
+
+
+class ConvMaxPool(nn.Module):
+    """Conv3x3(3→C, padding 1) → MaxPool(3, stride 2, padding 1), without the full-resolution activation.
+
+    The pool's nine candidates for output pixel o are the conv outputs at 2o + (-1, 0, 1)², each a linear function
+    of the 3×3 neighbourhood of cell o in the 2×2 space-to-depth image. So one 3×3 convolution of that image with
+    9·C outputs (the 3×3 kernel placed at each offset) followed by a maximum over the nine gives the same values.
+    This replaces the 224²×C activation, its max-pool scatter and its 3-channel weight gradient with GEMM-shaped
+    work at 112² (SoT-Small's stem, forward + backward at batch 256 on an H200: 50.8 → 45.5 ms; 9× the FLOPs, so
+    slower on a CPU). Same parameters as the plain `nn.Conv`.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, height, width, channels = x.shape
+        kernel = self.param("kernel", conv_init, (3, 3, channels, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        x = jnp.pad(x, ((0, 0), (0, height % 2), (0, width % 2), (0, 0))).astype(self.dtype)
+        cells = x.reshape(batch, x.shape[1] // 2, 2, x.shape[2] // 2, 2, channels).transpose(0, 1, 3, 2, 4, 5)
+        cells = cells.reshape(*cells.shape[:3], 4 * channels)
+        placement = _offset_placement()
+        # (s_i, s_j, r_i, r_j, c, d_i, d_j, out): the kernel of each offset d on the space-to-depth grid.
+        offset_kernel = jnp.einsum("ptsr,quvw,tuco->svrwcpqo", placement, placement, kernel)
+        offset_kernel = offset_kernel.reshape(3, 3, 4 * channels, 9 * self.features).astype(self.dtype)
+        candidates = jax.lax.conv_general_dilated(
+            cells, offset_kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        candidates = candidates.reshape(*cells.shape[:3], 9, self.features)
+        # Conv pixels outside the image are the pool's padding: never the maximum.
+        rows = 2 * np.arange(cells.shape[1])[:, None] + np.arange(-1, 2)
+        cols = 2 * np.arange(cells.shape[2])[:, None] + np.arange(-1, 2)
+        inside = ((rows >= 0) & (rows < height))[:, None, :, None] & ((cols >= 0) & (cols < width))[None, :, None, :]
+        candidates = jnp.where(inside.reshape(*inside.shape[:2], 9, 1), candidates, -jnp.inf)
+        return _max_over_candidates(candidates) + bias.astype(self.dtype)
+
+
+@jax.custom_vjp
+def _max_over_candidates(candidates: jax.Array) -> jax.Array:
+    return jnp.max(candidates, axis=-2)
+
+
+def _max_over_candidates_fwd(candidates: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # The backward keeps the winner's index (int8), not the nine candidates; ties go to the first, as in PyTorch.
+    winner = jnp.argmax(candidates, axis=-2).astype(jnp.int8)
+    return jnp.max(candidates, axis=-2), winner
+
+
+def _max_over_candidates_bwd(winner: jax.Array, cotangent: jax.Array) -> tuple[jax.Array]:
+    chosen = winner[..., None, :] == jnp.arange(9, dtype=jnp.int8)[:, None]
+    return (jnp.where(chosen, cotangent[..., None, :], 0).astype(cotangent.dtype),)
+
+
+_max_over_candidates.defvjp(_max_over_candidates_fwd, _max_over_candidates_bwd)
+
+
 class DenseNetStem(nn.Module):
     """SoT's "DenseNet" token embedding: stride 16, (B, H, W, 3) -> (B, H/16, W/16, embed_dim)."""
 
@@ -67,8 +136,7 @@ class DenseNetStem(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = conv(TOKEN_DIM, (3, 3), "stem_0", self.dtype, padding=((1, 1), (1, 1)))(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = ConvMaxPool(TOKEN_DIM, self.dtype, name="stem_0")(x)
         for stage in range(3):
             x = DenseBlock(dtype=self.dtype, name=f"stage_{2 * stage}")(x)
             x = DenseTransition(self.dtype, name=f"stage_{2 * stage + 1}")(x, train)
