@@ -26,14 +26,9 @@ from sot_jax.models.layers import conv
 class PlainStem(sot.DenseNetStem):
     """The official order of operations: the full-resolution conv output, then the max-pool."""
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def conv_and_pool(self, x: jax.Array) -> jax.Array:
         x = conv(sot.TOKEN_DIM, (3, 3), "stem_0", self.dtype, padding=((1, 1), (1, 1)))(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for stage in range(3):
-            x = sot.DenseBlock(dtype=self.dtype, name=f"stage_{2 * stage}")(x)
-            x = sot.DenseTransition(self.dtype, name=f"stage_{2 * stage + 1}")(x, train)
-        return conv(self.embed_dim, (1, 1), "transition", self.dtype)(x)
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
 def measure(stem: type[sot.DenseNetStem], images: jax.Array, embed_dim: int, profile_dir: str | None) -> dict:

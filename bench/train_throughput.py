@@ -206,8 +206,9 @@ def run_child(spec: str, args: argparse.Namespace, batch: int, steps: int, profi
 
 
 def largest_batch(spec: str, args: argparse.Namespace, row: dict) -> int | None:
-    """The largest batch (a multiple of 32) that runs: peak memory extrapolated linearly from the measured batch
-    (state memory fixed, the rest proportional to the batch), then verified, stepping down 10% at a time."""
+    """A batch near the largest that runs (a multiple of 32): peak memory extrapolated linearly from the measured
+    batch (state memory fixed, the rest proportional to the batch), then verified, stepping down 10% at a time. The
+    first batch that runs is returned, so it is a lower bound on the largest."""
     state = row["state_gib"]
     per_image = (row["peak_gib"] - state) / row["batch"]
     batch = int((0.97 * row["capacity_gib"] - state) / per_image) // 32 * 32
@@ -225,7 +226,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-batch-augment", action="store_true", help="no erasing/Mixup/CutMix in the step")
-    parser.add_argument("--max-batch", action="store_true", help="also find the largest batch that fits")
+    parser.add_argument("--max-batch", action="store_true", help="also find a batch near the largest that fits")
     parser.add_argument("--profile", help="trace 3 steps per model under this folder and attribute kernel time")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this one model in this process
     parser.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)  # internal: measure the matmul peak
@@ -257,7 +258,7 @@ def main() -> None:
         print(
             f"{spec}: train {row['train_img_s']:.0f} img/s ({row['step_ms']:.1f} ms), eval {row['eval_img_s']:.0f} "
             f"img/s, {row['achieved_tflops']:.0f} TFLOP/s = {100 * row['mfu']:.1f}% MFU, peak {row['peak_gib']:.1f} "
-            f"GiB, compile {row['compile_s']:.0f} s" + (f", largest batch {row.get('max_batch')}" * args.max_batch),
+            f"GiB, compile {row['compile_s']:.0f} s" + (f", batch {row.get('max_batch')} fits" * args.max_batch),
             flush=True,
         )
         if "profile" in row:

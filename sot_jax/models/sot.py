@@ -134,9 +134,13 @@ class DenseNetStem(nn.Module):
     embed_dim: int
     dtype: Dtype = jnp.float32
 
+    def conv_and_pool(self, x: jax.Array) -> jax.Array:
+        """Conv3x3(3→64) → MaxPool(3, s2), computed by `ConvMaxPool`."""
+        return ConvMaxPool(TOKEN_DIM, self.dtype, name="stem_0")(x)
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = ConvMaxPool(TOKEN_DIM, self.dtype, name="stem_0")(x)
+        x = self.conv_and_pool(x)
         for stage in range(3):
             x = DenseBlock(dtype=self.dtype, name=f"stage_{2 * stage}")(x)
             x = DenseTransition(self.dtype, name=f"stage_{2 * stage + 1}")(x, train)
