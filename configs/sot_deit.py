@@ -12,7 +12,7 @@ Hardware: the official runs used 8 GPUs for about 2–4 days (tiny to base); bud
 (see BENCHMARKS.md for this code's measured step rates).
 
   digits: `python -m sot_jax.main --config=configs/sot_deit.py:digits --workdir=/tmp/digits` trains a 2-block
-  SoT (DenseNet stem, MGCrP head) on the embedded 8×8 digits upscaled to 32×32: about 2 minutes on a 2-core CPU,
+  SoT (DenseNet stem, MGCrP head) on the embedded 8×8 digits upscaled to 32×32: about 3½ minutes on a 2-core CPU,
   ≥ 95% validation top-1.
 """
 
