@@ -1,7 +1,8 @@
 """Multi-GPU scaling of the train step: images/s per device on 1, 2, 4, … devices of one host, data-parallel
 (replicated parameters) and FSDP (parameters and optimizer state sharded), per-device batch fixed.
 
-    python bench/scaling.py [--model sot_small] [--devices 1,2,4] [--batch-per-device 256] [--json OUT.json]
+    python bench/scaling.py [--models sot_small deit_small_patch16_224] [--devices 1,2,4] [--shardings data,fsdp]
+        [--batch-per-device 256] [--steps 20] [--json OUT.json]
 
 The step is `sot_jax.train.jit_train_step`, exactly what `sot_jax.main` runs (the same shardings, donation and
 bf16), on synthetic images already on the devices.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 
 import jax
@@ -46,7 +48,7 @@ def images_per_second(name: str, num_devices: int, sharding: str, batch_per_devi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="sot_small")
+    parser.add_argument("--models", nargs="+", default=["sot_small"])
     parser.add_argument("--devices", default="1,2,4", help="device counts, each at most jax.device_count()")
     parser.add_argument("--shardings", default="data,fsdp")
     parser.add_argument("--batch-per-device", type=int, default=256)
@@ -58,15 +60,16 @@ def main() -> None:
         parser.error(f"--devices asks for {max(counts)} devices; this host has {jax.device_count()}")
     print(f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
     results = []
-    for sharding in args.shardings.split(","):
-        for n in counts:
-            rate = images_per_second(args.model, n, sharding, args.batch_per_device, args.steps)
-            single = next((r["img_s"] for r in results if r["sharding"] == sharding and r["devices"] == 1), None)
-            row = {"model": args.model, "sharding": sharding, "devices": n, "img_s": rate, "img_s_per_device": rate / n}
-            row["efficiency"] = rate / (n * single) if single else None
-            results.append(row)
-            efficiency = f", scaling efficiency {100 * row['efficiency']:.1f}%" if single else ""
-            print(f"{sharding} x{n}: {rate:.0f} img/s, {rate / n:.0f} per device{efficiency}", flush=True)
+    for model, sharding, n in itertools.product(args.models, args.shardings.split(","), counts):
+        rate = images_per_second(model, n, sharding, args.batch_per_device, args.steps)
+        single = next(
+            (r["img_s"] for r in results if (r["model"], r["sharding"], r["devices"]) == (model, sharding, 1)), None
+        )
+        row = {"model": model, "sharding": sharding, "devices": n, "img_s": rate, "img_s_per_device": rate / n}
+        row["efficiency"] = rate / (n * single) if single else None
+        results.append(row)
+        efficiency = f", scaling efficiency {100 * row['efficiency']:.1f}%" if single else ""
+        print(f"{model} {sharding} x{n}: {rate:.0f} img/s, {rate / n:.0f} per device{efficiency}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "results": results}, f, indent=1)

@@ -100,7 +100,7 @@ def parse_model(spec: str) -> tuple[str, dict]:
     return name, overrides
 
 
-def bench_one(spec: str, batch: int, steps: int, profile_dir: str | None, batch_augment: bool) -> dict:
+def bench_one(spec: str, batch: int, steps: int, profile_dir: str | None, batch_augment: bool, evaluate: bool) -> dict:
     from sot_jax import recipes, train
 
     name, overrides = parse_model(spec)
@@ -113,7 +113,6 @@ def bench_one(spec: str, batch: int, steps: int, profile_dir: str | None, batch_
     model = train.build_model(config, num_classes=1000)
     state = jax.jit(functools.partial(train.initial_state, model, config, 10_000))()
     tx, schedule = train.make_optimizer(config, state.params, total_steps=10_000)
-    rng = np.random.default_rng(0)
     data = jax.tree.map(jnp.asarray, synthetic_batch(batch))
 
     def step_of(variant):  # the timed model, or its XLA-attention twin whose jaxpr shows every FLOP
@@ -132,15 +131,10 @@ def bench_one(spec: str, batch: int, steps: int, profile_dir: str | None, batch_
 
     step_seconds = timed(train_call, steps)
     memory = jax.devices()[0].memory_stats() or {}
-    forward = jax.jit(lambda p, b, x: model.apply({"params": p, "batch_stats": b}, x.astype(jnp.float32)))
-    eval_images = jnp.asarray(rng.normal(size=(batch, 224, 224, 3)), jnp.bfloat16)
-    s = holder["state"]
-    eval_seconds = timed(lambda: forward(s.params, s.batch_stats, eval_images), steps)
     result = {
         "model": spec,
         "batch": batch,
         "train_img_s": batch / step_seconds,
-        "eval_img_s": batch / eval_seconds,
         "step_ms": 1e3 * step_seconds,
         "step_tflop": flops / 1e12,
         "achieved_tflops": flops / step_seconds / 1e12,
@@ -149,6 +143,11 @@ def bench_one(spec: str, batch: int, steps: int, profile_dir: str | None, batch_
         "state_gib": sum(x.nbytes for x in jax.tree.leaves(holder["state"])) / 2**30,
         "compile_s": compile_seconds,
     }
+    if evaluate:
+        forward = jax.jit(lambda p, b, x: model.apply({"params": p, "batch_stats": b}, x.astype(jnp.float32)))
+        eval_images = jnp.asarray(np.random.default_rng(0).normal(size=(batch, 224, 224, 3)), jnp.bfloat16)
+        s = holder["state"]
+        result["eval_img_s"] = batch / timed(lambda: forward(s.params, s.batch_stats, eval_images), steps)
     if profile_dir:
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
             jax.block_until_ready([train_call() for _ in range(3)])
@@ -193,8 +192,11 @@ def kernel_time_by_component(profile_dir: str, hlo_text: str, steps: int) -> dic
     return {"by_component_ms": dict(by_component.most_common()), "top_kernels_ms": dict(by_kernel.most_common(15))}
 
 
-def run_child(spec: str, args: argparse.Namespace, batch: int, steps: int, profile_dir: str | None) -> dict | None:
+def run_child(
+    spec: str, args: argparse.Namespace, batch: int, steps: int, profile_dir: str | None, evaluate: bool = True
+) -> dict | None:
     command = [sys.executable, __file__, "--one", spec, "--batch", str(batch), "--steps", str(steps)]
+    command += [] if evaluate else ["--no-eval"]
     command += ["--profile", profile_dir] if profile_dir else []
     command += ["--no-batch-augment"] if args.no_batch_augment else []
     run = subprocess.run(command, capture_output=True, text=True)
@@ -206,17 +208,23 @@ def run_child(spec: str, args: argparse.Namespace, batch: int, steps: int, profi
 
 
 def largest_batch(spec: str, args: argparse.Namespace, row: dict) -> int | None:
-    """A batch near the largest that runs (a multiple of 32): peak memory extrapolated linearly from the measured
-    batch (state memory fixed, the rest proportional to the batch), then verified, stepping down 10% at a time. The
-    first batch that runs is returned, so it is a lower bound on the largest."""
-    state = row["state_gib"]
-    per_image = (row["peak_gib"] - state) / row["batch"]
-    batch = int((0.97 * row["capacity_gib"] - state) / per_image) // 32 * 32
-    for _ in range(3):
-        if run_child(spec, args, batch, 3, None) is not None:
-            return batch
-        batch = int(batch * 0.9) // 32 * 32
-    return None
+    """The largest batch (a multiple of 32) that runs, as `bench/torch_reference.py --max-batch` finds PyTorch's.
+
+    First guess: peak memory extrapolated linearly from the measured row to 97% of the memory pool; then up by a
+    quarter while batches run, then bisection between the largest that ran and the smallest that failed. Measured
+    peaks are no guide past the first guess: near the pool's limit XLA schedules the step to fit (sot_small peaked
+    at 98-99 GiB at every batch from 1,088 to 1,472). Each try compiles the step anew: 3-4 minutes for sot_small at
+    batches above 1,000, so a direct `--batch N` row is the cheaper check of one batch."""
+    per_image = (row["peak_gib"] - row["state_gib"]) / row["batch"]
+    guess = int((0.97 * row["capacity_gib"] - row["state_gib"]) / per_image) // 32 * 32
+    batch, ran, failed = max(guess, row["batch"] + 32), row["batch"], None
+    while failed is None or failed - ran > 32:
+        if run_child(spec, args, batch, 3, None, evaluate=False) is None:
+            failed = batch
+        else:
+            ran = batch
+        batch = ran * 5 // 4 // 32 * 32 if failed is None else (ran + failed) // 64 * 32
+    return ran if ran > row["batch"] else None
 
 
 def main() -> None:
@@ -226,14 +234,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-batch-augment", action="store_true", help="no erasing/Mixup/CutMix in the step")
-    parser.add_argument("--max-batch", action="store_true", help="also find a batch near the largest that fits")
+    parser.add_argument("--max-batch", action="store_true", help="also find the largest batch that fits")
     parser.add_argument("--profile", help="trace 3 steps per model under this folder and attribute kernel time")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this one model in this process
+    parser.add_argument("--no-eval", action="store_true", help=argparse.SUPPRESS)  # internal: train step only
     parser.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)  # internal: measure the matmul peak
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(bench_one(args.one, args.batch, args.steps, args.profile, not args.no_batch_augment)))
+        batch_augment, evaluate = not args.no_batch_augment, not args.no_eval
+        print(json.dumps(bench_one(args.one, args.batch, args.steps, args.profile, batch_augment, evaluate)))
         return
     if args.peak:
         print(json.dumps({"peak": matmul_peak_tflops(), "device": jax.devices()[0].device_kind}), flush=True)
