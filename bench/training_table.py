@@ -32,9 +32,12 @@ REFERENCES = {
     "hvt_s_1": ("hvt", "hvt_s_1"),
     "lvvit_s": ("tokenlabeling", "lvvit_s"),
 }
+OFFICIAL_REPOS = ("sot", "hvt", "tokenlabeling")  # each a --REPO CHECKOUT:TIMM option
 
 
-def torch_images_per_second(reference: str, checkout: str | None, args: argparse.Namespace, compile_: bool):
+def torch_images_per_second(
+    reference: str, checkout: str | None, args: argparse.Namespace, compile_: bool
+) -> float | None:
     """The reference's train img/s, or None if it failed (its error is printed)."""
     command = [args.torch_python, str(BENCH / "torch_reference.py"), "--model", reference, "--device", args.device]
     command += ["--batch", str(args.batch), "--steps", str(args.steps)] + ["--compile"] * compile_
@@ -53,7 +56,7 @@ def torch_images_per_second(reference: str, checkout: str | None, args: argparse
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=MODELS)
-    for repo in ("sot", "hvt", "tokenlabeling"):
+    for repo in OFFICIAL_REPOS:
         parser.add_argument(f"--{repo}", metavar="CHECKOUT:TIMM", help=f"the official {repo} code and its timm")
     parser.add_argument("--torch-python", default=sys.executable, help="the Python that has PyTorch (and timm)")
     parser.add_argument("--batch", type=int, default=256)
@@ -64,7 +67,7 @@ def main() -> None:
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {MODELS}")
-    for spec in (getattr(args, repo) for repo in ("sot", "hvt", "tokenlabeling")):
+    for spec in (getattr(args, repo) for repo in OFFICIAL_REPOS):
         if spec and (spec.count(":") != 1 or not all(Path(p).is_dir() for p in spec.split(":"))):
             parser.error(f"{spec!r} is not CHECKOUT:TIMM, two existing folders")
 
@@ -94,8 +97,8 @@ def main() -> None:
 
 
 def markdown_row(row: dict) -> str:
-    def number(key: str, form: str = "{:,.0f}", scale: float = 1.0) -> str:
-        return form.format(row[key] * scale) if row.get(key) is not None else ""
+    def number(key: str, form: str = "{:,.0f}") -> str:
+        return form.format(row[key]) if row.get(key) is not None else ""
 
     cells = [
         row["model"],
