@@ -167,21 +167,29 @@ COMPONENTS = [
 ]
 
 
-def kernel_time_by_component(profile_dir: str, hlo_text: str, steps: int) -> dict:
-    """Milliseconds per step of GPU kernel time, by model component and by kernel (the top 15)."""
-    op_names = dict(re.findall(r"%([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo_text))
+def gpu_kernels(profile_dir: str) -> dict[str, list[dict]]:
+    """The GPU kernel events (name, ts and dur in µs, args.hlo_op) of the newest trace under profile_dir, by device
+    name ('/device:GPU:0', ...)."""
     path = sorted(glob.glob(f"{profile_dir}/**/perfetto_trace.json.gz", recursive=True))[-1]
     with gzip.open(path) as f:
         trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    gpu_pids = {
-        e["pid"] for e in events
+    devices = {
+        e["pid"]: e["args"]["name"] for e in events
         if e.get("ph") == "M" and e.get("name") == "process_name" and "GPU" in e["args"].get("name", "")
     }  # fmt: skip
-    by_component, by_kernel = collections.Counter(), collections.Counter()
+    kernels = collections.defaultdict(list)
     for event in events:
-        if event.get("ph") != "X" or event.get("pid") not in gpu_pids:
-            continue
+        if event.get("ph") == "X" and event.get("pid") in devices:
+            kernels[devices[event["pid"]]].append(event)
+    return dict(sorted(kernels.items()))
+
+
+def kernel_time_by_component(profile_dir: str, hlo_text: str, steps: int) -> dict:
+    """Milliseconds per step of GPU kernel time, by model component and by kernel (the top 15)."""
+    op_names = dict(re.findall(r"%([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo_text))
+    by_component, by_kernel = collections.Counter(), collections.Counter()
+    for event in (event for kernels in gpu_kernels(profile_dir).values() for event in kernels):
         hlo_op = event.get("args", {}).get("hlo_op", "")
         op_name = op_names.get(hlo_op, hlo_op).lower()
         component = next((c for c, keys in COMPONENTS if any(k in op_name for k in keys)), "other")

@@ -255,6 +255,37 @@ def test_stem_conv_max_pool_is_conv_then_max_pool(height, width, constant):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("height,width,patch", [(8, 8, 4), (9, 7, 2), (3, 5, 3)])
+def test_patch_conv_is_strided_conv(height, width, patch):
+    """The patch embedding's space-to-depth + 1×1 convolution is `nn.Conv(kernel = stride = patch, VALID)`: same
+    parameters and initial values, same outputs and gradients (parameters and image), leftover rows and columns
+    dropped."""
+    import flax.linen as nn
+
+    from sot_jax.models.layers import PatchConv, conv
+
+    with jax.enable_x64(True):
+        images = jnp.asarray(np.random.default_rng(height).normal(size=(2, height, width, 3)))
+        patch_conv = PatchConv(5, patch, jnp.float64)
+        strided = conv(5, (patch, patch), "proj", jnp.float64, strides=(patch, patch), padding="VALID")
+        params = patch_conv.init(jax.random.key(0), images)["params"]
+        reference = strided.init(jax.random.key(0), images)["params"]
+        assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, reference)
+        np.testing.assert_array_equal(params["kernel"], reference["kernel"])
+        params["bias"] = jnp.asarray(np.random.default_rng(1).normal(size=5))  # initialized to zero: make it count
+
+        def loss(params: dict, images: jax.Array, module: nn.Module) -> tuple[jax.Array, jax.Array]:
+            out = module.apply({"params": params}, images)
+            return jnp.sum(jnp.sin(out)), out
+
+        (_, out), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, images, patch_conv)
+        (_, expected), expected_grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, images, strided)
+        assert out.shape == (2, height // patch, width // patch, 5)
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
 @pytest.mark.parametrize("tokens,head_dim", [(197, 64), (197, 60), (50, 66)])
 def test_cudnn_attention_matches_xla(tokens, head_dim):
