@@ -89,16 +89,15 @@ def _overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> floa
 def communication_profile(kernels: list[dict], steps: int) -> dict:
     """Milliseconds per step on one device: the traced span, time with no kernel running, compute and collective
     (NCCL) kernel time, the collective time that no compute kernel overlaps, and collective time by kind."""
-    is_collective = [("nccl" in k["name"].lower()) for k in kernels]
-    spans = [(k["ts"], k["ts"] + k["dur"]) for k in kernels]
-    compute = _union([s for s, c in zip(spans, is_collective, strict=True) if not c])
-    collective = _union([s for s, c in zip(spans, is_collective, strict=True) if c])
+    collectives, computes = [], []
+    for kernel in kernels:
+        (collectives if "nccl" in kernel["name"].lower() else computes).append(kernel)
+    collective, compute = (_union([(k["ts"], k["ts"] + k["dur"]) for k in ks]) for ks in (collectives, computes))
     busy = _union(compute + collective)
     by_kind = collections.Counter()
-    for kernel, collective_kernel in zip(kernels, is_collective, strict=True):
-        if collective_kernel:
-            kind = re.search(r"AllGather|ReduceScatter|AllReduce|SendRecv|Broadcast", kernel["name"])
-            by_kind[kind.group(0) if kind else kernel["name"][:40]] += kernel["dur"] / 1e3 / steps
+    for kernel in collectives:
+        kind = re.search(r"AllGather|ReduceScatter|AllReduce|SendRecv|Broadcast", kernel["name"])
+        by_kind[kind.group(0) if kind else kernel["name"][:40]] += kernel["dur"] / 1e3 / steps
     ms = 1e-3 / steps
     return {
         "span_ms": (busy[-1][1] - busy[0][0]) * ms,
