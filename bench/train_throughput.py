@@ -227,10 +227,12 @@ def largest_batch(spec: str, args: argparse.Namespace, row: dict) -> int | None:
     guess = int((0.97 * row["capacity_gib"] - row["state_gib"]) / per_image) // 32 * 32
     batch, ran, failed = max(guess, row["batch"] + 32), row["batch"], None
     while failed is None or failed - ran > 32:
-        if run_child(spec, args, batch, 3, None, evaluate=False) is None:
+        tried = run_child(spec, args, batch, 3, None, evaluate=False)
+        if tried is None:
             failed = batch
         else:
             ran = batch
+            print(f"{spec} at batch {batch}: ran, {tried['train_img_s']:.0f} img/s, peak {tried['peak_gib']:.1f} GiB")
         batch = ran * 5 // 4 // 32 * 32 if failed is None else (ran + failed) // 64 * 32
     return ran if ran > row["batch"] else None
 

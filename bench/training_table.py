@@ -2,12 +2,14 @@
 the same GPU in the same run, each model in its own process.
 
     python bench/training_table.py --sot SOT_CHECKOUT:TIMM_0.3.4 --hvt HVT_CHECKOUT:TIMM_0.3.2 \
-        --tokenlabeling TOKENLABELING_CHECKOUT:TIMM_0.4.5 [--models sot_small hvt_s_1] [--json OUT.json]
+        --tokenlabeling TOKENLABELING_CHECKOUT:TIMM_0.4.5 [--models sot_small hvt_s_1] [--max-batch] [--json OUT.json]
 
 Runs `bench/train_throughput.py` for the models, then `bench/torch_reference.py` eager and with `--compile` for
 each model's reference: the official code (from a checkout outside this repository, with the timm its repository
 pins ahead of any newer one on PYTHONPATH) or, for DeiT-S, the installed timm. A reference whose checkout is not
-given is left blank. Prints the table's Markdown rows, with the ratio to the faster PyTorch number.
+given is left blank. Prints the table's Markdown rows, with the ratio to the faster PyTorch number. `--max-batch`
+adds the largest batch that trains: JAX's in its memory pool (set XLA_PYTHON_CLIENT_MEM_FRACTION for the command to
+change it), PyTorch's eager on the whole GPU.
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ REFERENCES = {
 OFFICIAL_REPOS = ("sot", "hvt", "tokenlabeling")  # each a --REPO CHECKOUT:TIMM option
 
 
-def torch_images_per_second(
-    reference: str, checkout: str | None, args: argparse.Namespace, compile_: bool
-) -> float | None:
-    """The reference's train img/s, or None if it failed (its error is printed)."""
+def torch_reference(
+    reference: str, checkout: str | None, args: argparse.Namespace, compile_: bool, max_batch: bool = False
+) -> dict:
+    """`bench/torch_reference.py`'s result (train_img_s, and max_batch if asked), or {} if it failed (its error is
+    printed)."""
     command = [args.torch_python, str(BENCH / "torch_reference.py"), "--model", reference, "--device", args.device]
     command += ["--batch", str(args.batch), "--steps", str(args.steps)] + ["--compile"] * compile_
+    command += ["--max-batch"] * max_batch
     env = dict(os.environ)
     if checkout:
         repo, timm = checkout.split(":")
@@ -49,8 +53,8 @@ def torch_images_per_second(
     run = subprocess.run(command, capture_output=True, text=True, env=env)
     if run.returncode != 0:
         print(f"{reference}{' (compiled)' * compile_}: failed\n{run.stderr[-2000:]}", flush=True)
-        return None
-    return json.loads(run.stdout.strip().splitlines()[-1])["train_img_s"]
+        return {}
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -62,6 +66,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="cuda", help="PyTorch's device (JAX uses its default backend)")
+    parser.add_argument("--max-batch", action="store_true", help="also the largest batch that trains")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     unknown = sorted(set(args.models) - set(MODELS))
@@ -74,29 +79,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         jax_json = f"{tmp}/jax.json"
         command = [sys.executable, str(BENCH / "train_throughput.py"), *args.models, "--batch", str(args.batch)]
-        subprocess.run(command + ["--steps", str(args.steps), "--json", jax_json], check=True)
+        command += ["--steps", str(args.steps), "--json", jax_json] + ["--max-batch"] * args.max_batch
+        subprocess.run(command, check=True)
         jax_rows = {row["model"]: row for row in json.loads(Path(jax_json).read_text())["results"]}
 
     rows = []
-    print("| model | train img/s | GFLOP / img / step | MFU | eval img/s | peak GiB | PyTorch eager | PyTorch compiled "
-          "| vs best PyTorch |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    header = "model | train img/s | GFLOP / img / step | MFU | eval img/s | peak GiB | PyTorch eager | PyTorch compiled"
+    header += " | vs best PyTorch" + " | largest batch | PyTorch largest batch" * args.max_batch
+    print(f"| {header} |\n" + "|---" * (header.count("|") + 1) + "|")
     for model in args.models:
         row = dict(jax_rows.get(model, {"model": model}))
         repo, reference = REFERENCES.get(model, (None, None))
         checkout = getattr(args, repo) if repo else None
         if reference and (checkout or not repo):
-            row["torch_eager"] = torch_images_per_second(reference, checkout, args, compile_=False)
-            row["torch_compiled"] = torch_images_per_second(reference, checkout, args, compile_=True)
+            eager = torch_reference(reference, checkout, args, compile_=False, max_batch=args.max_batch)
+            row["torch_eager"], row["torch_max_batch"] = eager.get("train_img_s"), eager.get("max_batch")
+            row["torch_compiled"] = torch_reference(reference, checkout, args, compile_=True).get("train_img_s")
         best = max(filter(None, [row.get("torch_eager"), row.get("torch_compiled")]), default=None)
         if best and "train_img_s" in row:
             row["vs_best_torch"] = row["train_img_s"] / best
         rows.append(row)
-        print(markdown_row(row), flush=True)
+        print(markdown_row(row, args.max_batch), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
-def markdown_row(row: dict) -> str:
+def markdown_row(row: dict, max_batch: bool = False) -> str:
     def number(key: str, form: str = "{:,.0f}") -> str:
         return form.format(row[key]) if row.get(key) is not None else ""
 
@@ -110,7 +118,7 @@ def markdown_row(row: dict) -> str:
         number("torch_eager"),
         number("torch_compiled"),
         number("vs_best_torch", "**{:.2f}×**"),
-    ]
+    ] + [number("max_batch"), number("torch_max_batch")] * max_batch
     return "| " + " | ".join(cells) + " |"
 
 

@@ -13,7 +13,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = "deit_small_sot"
     config.model.dtype = "bfloat16"  # compute dtype; parameters, covariance and SVPN stay float32
-    config.model.overrides = ml_collections.ConfigDict({"drop_path_rate": 0.1})  # create_model keywords
+    config.model.overrides = ml_collections.ConfigDict(  # create_model keywords
+        {"drop_path_rate": 0.1, "remat": ml_collections.config_dict.placeholder(str)}  # remat: layers.REMAT_POLICIES
+    )
     config.model.no_weight_decay = ()  # parameter names excluded from weight decay besides 1-D ones
 
     config.dataset = "imagenet2012"
@@ -81,10 +83,9 @@ def digits_demo(config: ml_collections.ConfigDict, model: str, **model_overrides
     config.mixup = config.cutmix = 0.0
     config.model.name = model
     config.model.dtype = "float32"
-    config.model.overrides = ml_collections.ConfigDict(
-        {"embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_hidden": 128, "drop_path_rate": 0.0,
-         **model_overrides}
-    )  # fmt: skip
+    config.model.overrides.update(
+        {"embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_hidden": 128, "drop_path_rate": 0.0, **model_overrides}
+    )
     config.batch_size = 64
     config.lr = 2e-3
     config.weight_decay = 0.05

@@ -10,6 +10,7 @@ from official_fixtures import FIXTURES, load_fixture, rel_err, state_dict_of
 
 from sot_jax import models
 from sot_jax.models.heads import ClassifierHead
+from sot_jax.models.layers import REMAT_POLICIES
 from sot_jax.models.vision_transformer import hvt_pooled_lengths
 
 # SPEC §1, §5, §6 (millions of trainable parameters, 1000 classes; lvvit_l at its 448 px resolution) and timm's
@@ -186,6 +187,7 @@ def test_image_size_sets_the_position_embedding_and_is_checked():
         (lambda: models.create_model("sot_small", num_classes=0), "num_classes must be a positive integer"),
         (lambda: models.create_model("sot_small", embed_dim=100), "embed_dim 100 is not divisible by num_heads 6"),
         (lambda: models.create_model("scale_hvt_ti_4", img_size=64), "HVT pooling at block 9 needs at least 3 tokens"),
+        (lambda: models.create_model("hvt_s_1", remat="dots"), "unknown remat policy 'dots'; valid: None, nothing_"),
     ],
 )
 def test_registry_errors_are_clear(call, message):
@@ -253,6 +255,40 @@ def test_stem_conv_max_pool_is_conv_then_max_pool(height, width, constant):
         grads = [jax.grad(lambda p, fn=fn: jnp.sum(weights * fn(p)))(params) for fn in (fused, plain)]
         for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "hvt_ti_1"])
+def test_remat_keeps_parameters_and_gradients_and_saves_less(name):
+    """Block rematerialization changes what the backward pass keeps, not the function: same parameter tree, same
+    training loss and gradients (drop path active, so the recomputed blocks must draw the same randomness), and
+    fewer residual bytes per policy, `nothing_saveable` the fewest."""
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)))
+
+    def loss_grads_and_residual_bytes(remat: str | None) -> tuple:
+        model = models.create_model(
+            name, num_classes=3, img_size=32, dtype=jnp.float64, drop_path_rate=0.5, remat=remat, **TINY
+        )
+        variables = model.init({"params": jax.random.key(0)}, images)
+
+        def loss(params: dict) -> jax.Array:
+            logits = model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(1)})
+            return jnp.sum(jnp.sin(logits))
+
+        value, backward = jax.vjp(loss, variables["params"])
+        residual_bytes = sum(x.nbytes for x in jax.tree.leaves(backward) if x.ndim and x.shape[0] == len(images))
+        return variables["params"], value, backward(jnp.ones_like(value))[0], residual_bytes
+
+    with jax.enable_x64(True):
+        params, value, grads, residual_bytes = loss_grads_and_residual_bytes(None)
+        saved = {}
+        for policy in REMAT_POLICIES:
+            remat_params, remat_value, remat_grads, saved[policy] = loss_grads_and_residual_bytes(policy)
+            assert jax.tree.map(jnp.shape, remat_params) == jax.tree.map(jnp.shape, params)
+            np.testing.assert_allclose(remat_value, value, rtol=1e-12)
+            for a, b in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert min(saved, key=saved.get) == "nothing_saveable"
+    assert max(saved.values()) < 0.8 * residual_bytes, (saved, residual_bytes)
 
 
 @pytest.mark.parametrize("height,width,patch", [(8, 8, 4), (9, 7, 2), (3, 5, 3)])

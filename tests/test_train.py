@@ -112,7 +112,11 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_config, tmp_path):
 
 @pytest.mark.parametrize(
     "model,overrides",
-    [("deit_tiny_sot", {"fusion": "sum_loss", "wr_dim": 4}), ("lvvit_t", {}), ("hvt_ti_1", {"pool_block_width": 2})],
+    [
+        ("deit_tiny_sot", {"fusion": "sum_loss", "wr_dim": 4}),
+        ("lvvit_t", {}),
+        ("hvt_ti_1", {"pool_block_width": 2, "remat": "dots_saveable"}),
+    ],
 )
 def test_paired_losses_and_other_families_train(tiny_config, tmp_path, model, overrides):
     config = tiny_config(total_steps=2, **{"model.name": model})
@@ -156,6 +160,7 @@ def test_eval_only_reports_params_and_ema(tiny_config, tmp_path):
         ({"dataset": "imagenet2012"}, "tfds build imagenet2012 --manual_dir="),
         ({"model.name": "sot_huge"}, "unknown model 'sot_huge'"),
         ({"model.overrides.head": "attention"}, "unknown head 'attention'"),
+        ({"model.overrides.remat": "dots"}, "unknown remat policy 'dots'"),
         ({"sharding": "tensor"}, "sharding must be 'data' or 'fsdp'"),
     ],
 )

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sot_jax.models import deit, hvt, lvvit, sot
-from sot_jax.models.layers import attention_implementation
+from sot_jax.models.layers import attention_implementation, remat_policy
 from sot_jax.models.spec import ModelSpec
 from sot_jax.models.vision_transformer import VisionTransformer, hvt_pooled_lengths
 
@@ -43,6 +43,7 @@ BACKBONE_OVERRIDES = (
     "mlp_hidden",
     "pool_block_width",
     "attention",
+    "remat",
 )
 HEAD_OVERRIDES = {
     "head": "representation",
@@ -70,9 +71,10 @@ def get_spec(name: str) -> ModelSpec:
 
 def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> VisionTransformer:
     """Build a registered model. Overrides: img_size, drop_path_rate, dropout, dtype (compute dtype; parameters
-    stay float32), attention ("auto", "xla" or "cudnn"), the trunk's embed_dim, depth, num_heads, mlp_hidden (and
-    HVT's pool_block_width), and for the head: head, fusion, svpn, svpn_alpha, wr_dim, mgcrp_heads, head_dropout,
-    gem_groups (ggem; default the backbone's attention heads), gem_positive."""
+    stay float32), attention ("auto", "xla" or "cudnn"), remat (None or a `layers.REMAT_POLICIES` name: recompute
+    inside each transformer block in the backward pass, for larger batches), the trunk's embed_dim, depth,
+    num_heads, mlp_hidden (and HVT's pool_block_width), and for the head: head, fusion, svpn, svpn_alpha, wr_dim,
+    mgcrp_heads, head_dropout, gem_groups (ggem; default the backbone's attention heads), gem_positive."""
     spec = get_spec(name)
     unknown = set(overrides) - set(BACKBONE_OVERRIDES) - set(HEAD_OVERRIDES)
     if unknown:
@@ -95,6 +97,7 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> Vision
         **backbone,
     )
     attention_implementation(model.attention, dtype)
+    remat_policy(model.remat)
     rows, cols = model.grid  # validates img_size (and HVT's pooling) now rather than at the first call
     hvt_pooled_lengths(rows * cols, model.depth, model.pool_block_width)
     return model

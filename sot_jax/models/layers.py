@@ -179,6 +179,16 @@ class Block(nn.Module):
         return x
 
 
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
+
+
+def remat_policy(name: str | None) -> Any:
+    """The `jax.checkpoint_policies` policy that block rematerialization `name` stands for (None: no remat)."""
+    if name is not None and name not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {name!r}; valid: None, {', '.join(REMAT_POLICIES)}")
+    return None if name is None else getattr(jax.checkpoint_policies, name)
+
+
 def drop_path_rates(rate: float, depth: int) -> list[float]:
     """The linear stochastic-depth rule of timm/DeiT: linspace(0, rate, depth)."""
     return [float(r) for r in np.linspace(0.0, rate, depth)]
@@ -224,15 +234,18 @@ def transformer_blocks(
     skip_lam: float = 1.0,
     pooled_lengths: Sequence[int | None] | None = None,
     attention: str = "auto",
+    remat: str | None = None,
 ) -> jax.Array:
     """`depth` Blocks named blocks_0, blocks_1, … with linearly rising drop path.
 
     Call it from a compact method: Flax binds the blocks to the calling module. `pooled_lengths[i]` makes block
-    i an HVT pooling block.
+    i an HVT pooling block. `remat` (a `REMAT_POLICIES` name) keeps only what that policy saves of each block's
+    forward for the backward pass and recomputes the rest: less memory per image, more compute.
     """
+    block_class = Block if remat is None else nn.remat(Block, policy=remat_policy(remat), static_argnums=(2,))
     for i, rate in enumerate(drop_path_rates(drop_path_rate, depth)):
         pooled = None if pooled_lengths is None else pooled_lengths[i]
-        block = Block(
+        block = block_class(
             num_heads,
             mlp_hidden,
             qkv_bias,

@@ -67,6 +67,7 @@ class VisionTransformer(nn.Module):
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     attention: str = "auto"  # layers.ATTENTION_IMPLEMENTATIONS
+    remat: str | None = None  # layers.REMAT_POLICIES: recompute inside each block in the backward pass
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -101,6 +102,7 @@ class VisionTransformer(nn.Module):
             skip_lam=self.skip_lam,
             pooled_lengths=hvt_pooled_lengths(rows * cols, self.depth, self.pool_block_width),
             attention=self.attention,
+            remat=self.remat,
         )
         x = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
         head = ClassifierHead(
