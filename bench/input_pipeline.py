@@ -22,7 +22,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from sot_jax import input_pipeline, recipes
+from sot_jax import recipes
+from sot_jax.data import pipeline
 
 
 def imagenet_like_jpegs(count: int, target_kb: float = 110.0) -> list[bytes]:
@@ -48,8 +49,13 @@ def imagenet_like_jpegs(count: int, target_kb: float = 110.0) -> list[bytes]:
 
 def images_per_second(jpegs: list[bytes], threads: int | None, repeats: int) -> float:
     config = recipes.base_config()
+
+    def preprocess(i, image_bytes):
+        seed = tf.stack([tf.constant(0, tf.int64), i])
+        return pipeline.train_preprocess(image_bytes, seed, config.input, config.model.img_size)[0]
+
     ds = tf.data.Dataset.from_tensor_slices(jpegs).repeat(repeats).enumerate()
-    ds = ds.map(lambda i, b: input_pipeline.train_preprocess(b, tf.stack([tf.constant(0, tf.int64), i]), config)[0])
+    ds = ds.map(preprocess)
     ds = ds.batch(64)
     options = tf.data.Options()
     if threads:

@@ -25,7 +25,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from train_throughput import gpu_kernels, synthetic_batch, timed
 
-from sot_jax import recipes, train
+from sot_jax import optim, recipes, train
+from sot_jax.sharding import state_shardings
 
 
 def images_per_second(
@@ -37,11 +38,11 @@ def images_per_second(
     config.sharding = sharding
     config.batch_size = batch_per_device * num_devices
     mesh = Mesh(jax.devices()[:num_devices], ("data",))
-    model = train.build_model(config, num_classes=1000)
+    model = recipes.build_model(config.model, num_classes=1000)
     init = functools.partial(train.initial_state, model, config, 10_000)
-    shardings = train.state_shardings(jax.eval_shape(init), mesh, sharding)
+    shardings = state_shardings(jax.eval_shape(init), mesh, sharding)
     state = jax.jit(init, out_shardings=shardings)()
-    tx, schedule = train.make_optimizer(config, state.params, total_steps=10_000)
+    tx, schedule = optim.make_optimizer(config, state.params, total_steps=10_000)
     batch_sharding = NamedSharding(mesh, P("data"))
     data = jax.device_put(synthetic_batch(config.batch_size), batch_sharding)
     step = train.jit_train_step(model, tx, schedule, config, shardings, batch_sharding)

@@ -101,18 +101,18 @@ def parse_model(spec: str) -> tuple[str, dict]:
 
 
 def bench_one(spec: str, batch: int, steps: int, profile_dir: str | None, batch_augment: bool, evaluate: bool) -> dict:
-    from sot_jax import recipes, train
+    from sot_jax import optim, recipes, train
 
     name, overrides = parse_model(spec)
     config = recipes.base_config()
     config.model.name = name
-    config.model.overrides.update(overrides)
+    config.model.update(overrides)
     config.batch_size = batch
     if not batch_augment:
-        config.random_erasing = config.mixup = config.cutmix = 0.0
-    model = train.build_model(config, num_classes=1000)
+        config.aug.random_erasing = config.aug.mixup = config.aug.cutmix = 0.0
+    model = recipes.build_model(config.model, num_classes=1000)
     state = jax.jit(functools.partial(train.initial_state, model, config, 10_000))()
-    tx, schedule = train.make_optimizer(config, state.params, total_steps=10_000)
+    tx, schedule = optim.make_optimizer(config, state.params, total_steps=10_000)
     data = jax.tree.map(jnp.asarray, synthetic_batch(batch))
 
     def step_of(variant):  # the timed model, or its XLA-attention twin whose jaxpr shows every FLOP

@@ -11,6 +11,11 @@ RandAugment m9, random erasing 0.25, mixup 0.8 / cutmix 1.0, label smoothing 0.1
 Hardware: the official runs used 8 GPUs for about 2–4 days (tiny to base); budget the same order of GPU-hours
 (see BENCHMARKS.md for this code's measured step rates).
 
+Evaluation: ImageNet val, and ImageNet-A (its 200 classes), ImageNet-V2 and ReaL when prepared in the data dir
+(`config.evals`; `--config.evals.imagenet_a.optional=False` makes a missing one an error).
+Any head on any backbone: `--config.model.head=gem` (cls, gap, gem, ggem, gcp, mgcrp, token_label),
+`--config.model.fusion=concat`, `--config.model.svpn=gram_eigh`, ... (every `create_model` keyword).
+
   digits: `python -m sot_jax.main --config=configs/sot_deit.py:digits --workdir=/tmp/digits` trains a 2-block
   SoT (DenseNet stem, MGCrP head) on the embedded 8×8 digits upscaled to 32×32: about 3½ minutes on a 2-core CPU,
   ≥ 95% validation top-1.
@@ -37,9 +42,9 @@ def get_config(variant: str = "deit_small_sot"):
     if variant == "digits":
         return recipes.digits_demo(config, "deit_tiny_sot", wr_dim=8)
     if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of digits, {', '.join(VARIANTS)}")
-    config.model.name, config.lr, config.weight_decay, config.batch_size = VARIANTS[variant]
+        raise recipes.unknown_variant(variant, ("digits", *VARIANTS))
+    config.model.name, config.lr, config.optim.weight_decay, config.batch_size = VARIANTS[variant]
     if variant.startswith("deit_") and not variant.endswith("_sot"):
-        config.model.no_weight_decay = ("pos_embed", "cls_token")  # timm's DeiT
-        config.ema_decay = 0.0  # DeiT reports its non-EMA weights
+        config.optim.no_weight_decay = ("pos_embed", "cls_token")  # timm's DeiT
+        config.optim.ema_decay = 0.0  # DeiT reports its non-EMA weights
     return config

@@ -8,19 +8,42 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-IMAGENET_MEAN = jnp.array([0.485, 0.456, 0.406]) * 255
-IMAGENET_STD = jnp.array([0.229, 0.224, 0.225]) * 255
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 
 def normalize(images: jax.Array) -> jax.Array:
     return (images.astype(jnp.float32) - IMAGENET_MEAN) / IMAGENET_STD
 
 
+def smooth(probabilities: jax.Array, smoothing: float) -> jax.Array:
+    """timm's label smoothing of a target distribution over the last axis: (1 − smoothing) · p + smoothing / C."""
+    return (1.0 - smoothing) * probabilities + smoothing / probabilities.shape[-1]
+
+
 def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
-    """timm's label smoothing: off-value smoothing/C, on-value 1 - smoothing + smoothing/C."""
-    off = smoothing / num_classes
-    return jax.nn.one_hot(labels, num_classes) * (1.0 - smoothing) + off
+    """Smoothed one-hot targets: off-value smoothing/C, on-value 1 - smoothing + smoothing/C."""
+    return smooth(jax.nn.one_hot(labels, num_classes), smoothing)
+
+
+def cut_box(lam: jax.Array, centre: tuple[jax.Array, jax.Array], grid: tuple[int, int]) -> jax.Array:
+    """timm's and LV-ViT's `rand_bbox`: sides int(side · √(1 − λ)) around `centre`, clipped to the grid; returns
+    (top, left, bottom, right)."""
+    rows, cols = grid
+    ratio = jnp.sqrt(1.0 - lam)
+    cut_rows, cut_cols = (rows * ratio).astype(jnp.int32), (cols * ratio).astype(jnp.int32)
+    top, bottom = jnp.clip(centre[0] - cut_rows // 2, 0, rows), jnp.clip(centre[0] + cut_rows // 2, 0, rows)
+    left, right = jnp.clip(centre[1] - cut_cols // 2, 0, cols), jnp.clip(centre[1] + cut_cols // 2, 0, cols)
+    return jnp.stack([top, left, bottom, right])
+
+
+def box_mask(box: jax.Array, grid: tuple[int, int]) -> jax.Array:
+    """(rows, cols) boolean mask of the cells inside `box` (top, left, bottom, right)."""
+    top, left, bottom, right = box
+    row, col = jnp.arange(grid[0])[:, None], jnp.arange(grid[1])[None, :]
+    return (row >= top) & (row < bottom) & (col >= left) & (col < right)
 
 
 def random_erasing(
@@ -86,14 +109,10 @@ def mixup_cutmix(
     lam_cut = jax.random.beta(cut_key, max(cutmix_alpha, 1e-6), max(cutmix_alpha, 1e-6))
 
     # CutMix box: side sqrt(1 - lambda) of each dimension, uniform centre, clipped; lambda corrected by its area.
-    cut_h = (height * jnp.sqrt(1.0 - lam_cut)).astype(jnp.int32)
-    cut_w = (width * jnp.sqrt(1.0 - lam_cut)).astype(jnp.int32)
     cy_key, cx_key = jax.random.split(box_key)
-    cy, cx = jax.random.randint(cy_key, (), 0, height), jax.random.randint(cx_key, (), 0, width)
-    top, bottom = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
-    left, right = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
-    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
-    box = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    centre = jax.random.randint(cy_key, (), 0, height), jax.random.randint(cx_key, (), 0, width)
+    top, left, bottom, right = cut = cut_box(lam_cut, centre, (height, width))
+    box = box_mask(cut, (height, width))
     lam_cut = 1.0 - (bottom - top) * (right - left) / (height * width)
 
     apply = jax.random.uniform(apply_key) < prob

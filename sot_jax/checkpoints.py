@@ -1,8 +1,10 @@
-"""Model checkpoints on disk: Orbax-saved Flax variables plus a small JSON describing the model.
+"""Every checkpoint read and written: model checkpoints, a training run's checkpoints, `init_from`, export.
 
 A model checkpoint directory (what `python -m sot_jax.convert` writes, and what `init_from` reads) holds
 `variables/` (Orbax StandardCheckpointer: {"params": ..., "batch_stats": ...}) and `sot_jax.json`
 ({"model": name, "num_classes": n, "overrides": {...}}).
+A training run keeps its checkpoints in `workdir/checkpoints/<step>/` (Orbax CheckpointManager: the train state
+and a JSON `meta` with the model's name, classes, `create_model` overrides and the config).
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from sot_jax import models
+from sot_jax import models, sharding
+from sot_jax.errors import UserError
 
 METADATA_FILE = "sot_jax.json"
 VARIABLES_DIR = "variables"
@@ -28,7 +36,7 @@ def save_model(directory: str | os.PathLike, variables: dict[str, Any], metadata
     """
     directory = Path(directory).absolute()
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise FileExistsError(f"{directory} already exists and is not empty; choose a new output directory")
+        raise UserError(f"{directory} already exists and is not empty; choose a new output directory")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.parent / f".{directory.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -50,15 +58,132 @@ def load_model(directory: str | os.PathLike, **overrides: Any) -> tuple[Any, dic
     directory = Path(directory).absolute()
     metadata_path = directory / METADATA_FILE
     if not metadata_path.is_file():
-        raise ValueError(f"{directory} is not a sot_jax model checkpoint (no {METADATA_FILE})")
+        raise UserError(f"{directory} is not a sot_jax model checkpoint (no {METADATA_FILE})")
     try:
         metadata = json.loads(metadata_path.read_text())
         name, num_classes = metadata["model"], int(metadata["num_classes"])
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"corrupt checkpoint metadata {metadata_path}: {e}") from e
+        raise UserError(f"corrupt checkpoint metadata {metadata_path}: {e}") from e
     model = models.create_model(name, num_classes=num_classes, **{**metadata.get("overrides", {}), **overrides})
     try:
         variables = ocp.StandardCheckpointer().restore(directory / VARIABLES_DIR)
     except Exception as e:  # Orbax raises many types for unreadable data
-        raise ValueError(f"cannot read the variables of checkpoint {directory}: {e}") from e
+        raise UserError(f"cannot read the variables of checkpoint {directory}: {e}") from e
     return model, variables, metadata
+
+
+# Training runs
+
+
+def checkpoint_manager(workdir: Path, config: Any) -> ocp.CheckpointManager:
+    policy = preservation_policy.AnyPreservationPolicy(
+        [
+            preservation_policy.LatestN(config.keep_checkpoints),
+            preservation_policy.BestN(
+                get_metric_fn=lambda metrics: metrics["val_top1"], n=1, keep_checkpoints_without_metrics=False
+            ),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True, create=True)
+    return ocp.CheckpointManager(workdir / "checkpoints", options=options, item_names=("state", "meta"))
+
+
+def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    except Exception as e:  # Orbax raises many types for missing files, bad shapes or corrupt data
+        raise UserError(
+            f"cannot resume from checkpoint {manager.directory / str(step)}: it is corrupt or was written by a "
+            f"different config ({type(e).__name__}: {str(e)[:500]})"
+        ) from e
+    return restored.state
+
+
+def read_init_variables(directory: str) -> dict[str, Any]:
+    """Variables to start from: a model checkpoint (sot_jax.convert) or a training workdir's latest checkpoint.
+
+    Returns {"params", "batch_stats"} and, from training checkpoints with EMA, "ema_params"/"ema_batch_stats".
+    """
+    path = Path(directory).absolute()
+    if (path / METADATA_FILE).is_file():
+        _, variables, _ = load_model(path)
+        return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    manager = ocp.CheckpointManager(root, item_handlers=handlers, options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step() if root.is_dir() else None
+    if step is None:
+        raise UserError(f"init_from={directory}: no sot_jax model checkpoint or training checkpoint found there")
+    try:
+        # Restore onto this machine's devices (replicated), whatever topology wrote the checkpoint.
+        replicated = sharding.replicated(sharding.make_mesh())
+        metadata = manager.item_metadata(step)["state"]
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), metadata)
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+    except Exception as e:
+        raise UserError(f"init_from={directory}: cannot read checkpoint {root / str(step)}: {e}") from e
+    keys = ("params", "batch_stats", "ema_params", "ema_batch_stats")
+    return {k: state[k] for k in keys if state.get(k) is not None}
+
+
+def export_model(workdir: str, output: str, ema: bool = False) -> Path:
+    """Write the latest checkpoint of the training run in `workdir` as a model checkpoint (what
+    `checkpoints.load_model` reads, for inference or sharing); `ema` takes the EMA weights."""
+    root = Path(workdir).absolute() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    manager = ocp.CheckpointManager(root, item_handlers={"meta": ocp.JsonCheckpointHandler()}, options=options)
+    step = manager.latest_step() if root.is_dir() else None
+    if step is None:
+        raise UserError(f"{workdir} holds no training checkpoint")
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    variables = read_init_variables(workdir)
+    prefix = "ema_" if ema else ""
+    if prefix + "params" not in variables:
+        raise UserError(f"{workdir} was trained without EMA (ema_decay=0); export without ema")
+    if "overrides" in meta:
+        overrides = meta["overrides"]
+    else:  # written before the config's model keys were flattened
+        config = json.loads(meta["config"])
+        overrides = {**config["model"]["overrides"], "img_size": config["image_size"]}
+    metadata = {"model": meta["model"], "num_classes": meta["num_classes"], "overrides": overrides,
+                "source": f"{workdir} step {step}" + (" (EMA)" if ema else "")}  # fmt: skip
+    exported = {"params": variables[prefix + "params"], "batch_stats": variables.get(prefix + "batch_stats", {})}
+    return save_model(output, exported, metadata)
+
+
+def merge_pretrained(fresh: Any, loaded: Any, what: str) -> tuple[Any, list[str]]:
+    """Loaded values where shapes agree; the classifier keeps its fresh init when the class count differs."""
+    fresh_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(fresh), sep="/")
+    loaded_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded), sep="/")
+    merged, reinitialized, problems = {}, [], []
+    for key, value in fresh_flat.items():
+        if key in loaded_flat and np.shape(loaded_flat[key]) == value.shape:
+            merged[key] = jnp.asarray(loaded_flat[key], value.dtype)
+        elif key.startswith("classifier/"):
+            merged[key] = value
+            reinitialized.append(key)
+        else:
+            found = np.shape(loaded_flat[key]) if key in loaded_flat else "absent"
+            problems.append(f"{key} (checkpoint {found}, model {value.shape})")
+    if problems:
+        raise UserError(f"init_from {what} does not fit the model: " + "; ".join(problems[:20]))
+    return flax.traverse_util.unflatten_dict(merged, sep="/"), reinitialized
+
+
+def pretrained_variables(params: Any, batch_stats: Any, directory: str) -> tuple[Any, Any]:
+    """(params, batch_stats) of `directory` in the structure of the given fresh ones; a classifier for another
+    number of classes keeps its fresh initialization (fine-tuning)."""
+    loaded = read_init_variables(directory)
+    params, reinitialized = merge_pretrained(params, loaded["params"], directory)
+    batch_stats, _ = merge_pretrained(batch_stats, loaded.get("batch_stats", {}), directory)
+    if reinitialized and jax.process_index() == 0:
+        print(f"init_from {directory}: classifier re-initialized ({', '.join(reinitialized)})", flush=True)
+    return params, batch_stats
+
+
+def merge_exact(fresh: Any, loaded: Any, what: str) -> Any:
+    """`loaded` in the structure of `fresh` (shapes only), refusing another number of classes."""
+    merged, reinitialized = merge_pretrained(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), fresh), loaded, what)
+    if reinitialized:
+        raise UserError(f"init_from {what} was trained for another number of classes ({', '.join(reinitialized)})")
+    return merged

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sot_jax import checkpoints, models
+from sot_jax.errors import UserError
 
 STATE_DICT_KEYS = ("model", "state_dict", "state_dict_ema")
 
@@ -27,7 +28,7 @@ def read_state_dict(path: str | Path, ema: bool = False, allow_pickle: bool = Fa
     """The state_dict inside a .pth (or .npz) checkpoint file."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint file {path} does not exist")
+        raise UserError(f"checkpoint file {path} does not exist")
     if path.suffix == ".npz":
         with np.load(path) as data:
             arrays = {k: data[k] for k in data.files}
@@ -36,7 +37,7 @@ def read_state_dict(path: str | Path, ema: bool = False, allow_pickle: bool = Fa
     try:
         import torch
     except ImportError as e:
-        raise ValueError('reading .pth files needs PyTorch: pip install -e ".[torch]"') from e
+        raise UserError('reading .pth files needs PyTorch: pip install -e ".[torch]"') from e
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:
@@ -45,19 +46,19 @@ def read_state_dict(path: str | Path, ema: bool = False, allow_pickle: bool = Fa
             if allow_pickle
             else " (if it holds Python objects such as training args and you trust it, add --allow-pickle)"
         )
-        raise ValueError(f"cannot read {path}: {e}{hint}") from e
+        raise UserError(f"cannot read {path}: {e}{hint}") from e
     if not isinstance(loaded, Mapping):
-        raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state_dict")
+        raise UserError(f"{path} holds a {type(loaded).__name__}, not a state_dict")
     if ema:
         if "state_dict_ema" not in loaded:
-            raise ValueError(f"{path} has no state_dict_ema (keys: {', '.join(map(str, loaded))})")
+            raise UserError(f"{path} has no state_dict_ema (keys: {', '.join(map(str, loaded))})")
         return loaded["state_dict_ema"]
     for key in STATE_DICT_KEYS:
         if isinstance(loaded.get(key), Mapping):
             return loaded[key]
     if all(hasattr(v, "shape") for v in loaded.values()):
         return loaded
-    raise ValueError(
+    raise UserError(
         f"{path} holds no state_dict under {', '.join(STATE_DICT_KEYS)} (keys: {', '.join(map(str, loaded))})"
     )
 
@@ -71,7 +72,7 @@ def convert(
     **overrides: Any,
 ) -> Path:
     """Convert and save; returns the written directory. `overrides` (img_size, embed_dim, depth, …) go to
-    `models.create_model` and are recorded in the checkpoint. Raises ValueError/FileExistsError on bad input."""
+    `models.create_model` and are recorded in the checkpoint. Raises UserError on bad input."""
     models.create_model(model, **overrides)  # an unknown name or option fails before any file is read
     state_dict = read_state_dict(checkpoint, ema=ema, allow_pickle=allow_pickle)
     variables = models.from_torch(model, state_dict, **overrides)
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         options = ("img_size", "embed_dim", "depth", "num_heads", "mlp_hidden")
         overrides = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
         written = convert(args.model, args.checkpoint, args.output, args.ema, args.allow_pickle, **overrides)
-    except (ValueError, FileExistsError) as e:
+    except UserError as e:
         sys.exit(f"error: {e}")
     print(f"wrote {written}")
 

@@ -23,25 +23,27 @@ from pathlib import Path
 
 import numpy as np
 
+from sot_jax.errors import UserError
+
 
 def read_label_map(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores float16 (K, h, w), classes int16 (K, h, w)) from one official .pt file, validated."""
     try:
         import torch
     except ImportError as e:
-        raise ValueError('reading .pt label maps needs PyTorch: pip install -e ".[torch]"') from e
+        raise UserError('reading .pt label maps needs PyTorch: pip install -e ".[torch]"') from e
     try:
         tensor = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read token label map {path}: {e}") from e
+        raise UserError(f"cannot read token label map {path}: {e}") from e
     if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4 or tensor.shape[0] != 2:
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-        raise ValueError(f"token label map {path}: expected a tensor [2, K, h, w] (scores, classes), got {shape}")
+        raise UserError(f"token label map {path}: expected a tensor [2, K, h, w] (scores, classes), got {shape}")
     scores, classes = tensor.float().numpy()
     if not np.all(np.isfinite(scores)):
-        raise ValueError(f"token label map {path}: scores are not all finite")
+        raise UserError(f"token label map {path}: scores are not all finite")
     if np.any(classes != np.round(classes)) or classes.min() < 0 or classes.max() >= num_classes:
-        raise ValueError(f"token label map {path}: class indices must be integers in [0, {num_classes})")
+        raise UserError(f"token label map {path}: class indices must be integers in [0, {num_classes})")
     return scores.astype(np.float16), classes.astype(np.int16)
 
 
@@ -52,11 +54,11 @@ def convert_labels(label_root: str | Path, output: str | Path, num_classes: int 
         raise FileExistsError(f"{output} exists; choose a new folder (nothing is overwritten)")
     paths = sorted(root.glob("*/*.pt"))
     if not paths:
-        raise ValueError(f"no token label maps <wnid>/<image>.pt under {root}")
+        raise UserError(f"no token label maps <wnid>/<image>.pt under {root}")
     names = [path.stem for path in paths]
     duplicates = sorted(name for name, count in collections.Counter(names).items() if count > 1)
     if duplicates:
-        raise ValueError(f"image names occur in more than one class folder: {', '.join(duplicates[:5])}")
+        raise UserError(f"image names occur in more than one class folder: {', '.join(duplicates[:5])}")
     first_scores, _ = read_label_map(paths[0], num_classes)
     shape = (len(paths), *first_scores.shape)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,7 @@ def convert_labels(label_root: str | Path, output: str | Path, num_classes: int 
         for row, path in enumerate(paths):
             map_scores, map_classes = read_label_map(path, num_classes)
             if map_scores.shape != shape[1:]:
-                raise ValueError(f"token label map {path}: shape [2, {', '.join(map(str, map_scores.shape))}] "
+                raise UserError(f"token label map {path}: shape [2, {', '.join(map(str, map_scores.shape))}] "
                                  f"differs from the first file's [2, {', '.join(map(str, shape[1:]))}]")  # fmt: skip
             scores[row], classes[row] = map_scores, map_classes
         scores.flush()
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         written = convert_labels(args.label_root, args.output, args.num_classes)
-    except (ValueError, FileExistsError) as e:
+    except (UserError, FileExistsError) as e:
         sys.exit(f"error: {e}")
     print(f"wrote {written}")
 

@@ -1,14 +1,17 @@
 r"""Train or evaluate: `python -m sot_jax.main --config=configs/sot_deit.py[:VARIANT] --workdir=DIR`.
 
-Config values are overridden with `--config.KEY=VALUE` (e.g. `--config.total_steps=100`). Rerunning the same
-command with the same workdir resumes from the latest checkpoint. `--config.eval_only=True
---config.init_from=DIR` evaluates a checkpoint. Multi-host: on TPU pods and SLURM `jax.distributed` is
-initialized automatically; elsewhere pass --coordinator_address, --num_processes and --process_id.
+Config values are overridden with `--config.KEY=VALUE` (e.g. `--config.total_steps=100`,
+`--config.model.head=gem`). Rerunning the same command with the same workdir resumes from the latest checkpoint.
+`--config.eval_only=True --config.init_from=DIR` evaluates a checkpoint. Multi-host: on TPU pods and SLURM
+`jax.distributed` is initialized automatically; elsewhere pass --coordinator_address, --num_processes and
+--process_id. Problems the user can fix (config, data, checkpoints) end with one `error: ...` line.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ INFO/WARNING lines
@@ -16,11 +19,47 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: n
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from sot_jax.errors import UserError
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:VARIANT]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+
+
+def check_config_arguments(argv: list[str]) -> None:
+    """Load the `--config` file and check every `--config.KEY=VALUE` key before absl parses them, so that an
+    unknown variant or key is one line naming the valid choices (absl would print a traceback)."""
+    specs = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    if not specs:
+        raise UserError("--config is required, e.g. --config=configs/sot_deit.py:digits")
+    path, _, variant = specs[-1].partition(":")  # the last one counts, as for absl
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location("sot_jax_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(variant) if variant else module.get_config()
+    for arg in argv:
+        match = re.match(r"--config\.([^=]+)", arg)
+        if not match:
+            continue
+        node, walked = config, []
+        for part in match.group(1).split("."):
+            if not hasattr(node, "keys") or part not in node:
+                where = ".".join(walked) or "the config"
+                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else f"none ({where} is a value)"
+                raise UserError(f"unknown config key {match.group(1)!r}: {where} has no {part!r}; valid: {valid}")
+            node, walked = node[part], [*walked, part]
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    check_config_arguments(argv)
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:  # e.g. a value of the wrong type
+        raise UserError(str(e).splitlines()[0]) from None
 
 
 def initialize_distributed() -> None:
@@ -36,22 +75,28 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax reports every save at INFO
     config = _CONFIG.value
-    if config is None:
-        sys.exit("error: --config is required, e.g. --config=configs/sot_deit.py:digits")
     if not config.eval_only and not _WORKDIR.value:
-        sys.exit("error: --workdir is required for training")
+        raise UserError("--workdir is required for training")
     initialize_distributed()
-    from sot_jax import train  # after distributed initialization: importing JAX backends is fine, using them is not
+    import tensorflow as tf
 
+    tf.config.set_visible_devices([], "GPU")  # tf.data runs on the CPU; TensorFlow never takes accelerator memory
+    from sot_jax import evaluate, train
+
+    if config.eval_only:
+        for key, value in evaluate.evaluate_checkpoint(config).items():
+            print(f"{key}: {value:.2f}")
+    else:
+        train.train_and_evaluate(config, _WORKDIR.value)
+
+
+def run() -> None:
     try:
-        if config.eval_only:
-            for key, value in train.evaluate_checkpoint(config).items():
-                print(f"{key}: {value:.2f}")
-        else:
-            train.train_and_evaluate(config, _WORKDIR.value)
-    except (ValueError, FileExistsError, train.NonFiniteLossError) as e:
+        argv = parse_flags(sys.argv)
+        app.run(main, argv=argv, flags_parser=lambda args: args)
+    except UserError as e:
         sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

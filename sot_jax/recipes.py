@@ -1,98 +1,158 @@
-"""Shared training-config defaults; the files in configs/ start from `base_config()` and set their recipe."""
+"""Shared training-config defaults; the files in configs/ start from `base_config()` and set their recipe.
+
+Layout: the keys users type most sit at the top (`dataset`, `data_dir`, `batch_size`, `total_steps`, `lr`, `seed`,
+`*_every_steps`); the rest is grouped: `model` (the registry name, compute dtype, and every `create_model` keyword
+under its own name), `input` (tf.data: splits, crop, flip, RandAugment, token label maps), `aug` (on the
+accelerator: erasing, Mixup/CutMix, MixToken, label smoothing), `optim` (AdamW, schedule, EMA, loss weights) and
+`evals` (named evaluation sets).
+"""
 
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
+
+from sot_jax.errors import UserError, check_choice
+
+# `create_model` keywords whose default comes from the model's registry entry (None: keep the model's own).
+MODEL_OPTIONS = {
+    "head": str, "fusion": str, "svpn": str, "svpn_alpha": float, "wr_dim": int, "mgcrp_heads": int,
+    "head_dropout": float, "gem_groups": int, "gem_positive": str, "embed_dim": int, "depth": int, "num_heads": int,
+    "mlp_hidden": int, "pool_block_width": int, "attention": str, "remat": str, "dropout": float,
+}  # fmt: skip
+# Keys of an evals entry: dataset and data_dir ("" = the config's), split ("" = the dataset's validation split),
+# optional (skipped with one warning line when not prepared), label_subset (predict among the classes present,
+# ImageNet-A), multi_label (ImageNet-ReaL's real labels).
+EVAL_KEYS = ("dataset", "data_dir", "split", "optional", "label_subset", "multi_label")
+
+
+def eval_set(
+    dataset: str = "", split: str = "", optional: bool = False, label_subset: bool = False, multi_label: bool = False
+) -> ml_collections.ConfigDict:
+    """One `config.evals` entry (see EVAL_KEYS)."""
+    return ml_collections.ConfigDict(
+        {"dataset": dataset, "data_dir": "", "split": split, "optional": optional, "label_subset": label_subset,
+         "multi_label": multi_label}
+    )  # fmt: skip
+
+
+# ImageNet's extra evaluation sets, used when prepared in the data dir (`tfds build NAME --data_dir=...`).
+IMAGENET_EVALS = {
+    "imagenet_a": eval_set("imagenet_a", "test", optional=True, label_subset=True),
+    "imagenet_v2": eval_set("imagenet_v2", "test", optional=True),
+    "imagenet2012_real": eval_set("imagenet2012_real", "validation", optional=True, multi_label=True),
+}
 
 
 def base_config() -> ml_collections.ConfigDict:
     """Every key the trainer reads, with the SoT/DeiT ImageNet recipe (SPEC §3) as the default values."""
     config = ml_collections.ConfigDict()
     config.seed = 0
-
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "deit_small_sot"
-    config.model.dtype = "bfloat16"  # compute dtype; parameters, covariance and SVPN stay float32
-    config.model.overrides = ml_collections.ConfigDict(  # create_model keywords
-        {"drop_path_rate": 0.1, "remat": ml_collections.config_dict.placeholder(str)}  # remat: layers.REMAT_POLICIES
-    )
-    config.model.no_weight_decay = ()  # parameter names excluded from weight decay besides 1-D ones
-
-    config.dataset = "imagenet2012"
+    config.dataset = "imagenet2012"  # a TFDS name, or "folder" (data_dir/<split>/<class>/<image>)
     config.data_dir = ""  # empty: the TFDS default (~/tensorflow_datasets)
-    config.train_split = "train"
-    config.eval_split = "validation"
-    config.extra_eval_sets = ("imagenet_a", "imagenet_v2", "imagenet2012_real")  # used when prepared
-    config.image_size = 224
-    config.eval_crop_pct = 0.875  # resize 256, centre-crop 224
-
-    # Input augmentation (per image, tf.data) and batch augmentation (on the accelerator).
-    config.crop_scale = (0.08, 1.0)
-    config.crop_ratio = (3 / 4, 4 / 3)
-    config.hflip = True
-    config.randaugment_layers = 2  # rand-m9-mstd0.5-inc1
-    config.randaugment_magnitude = 9.0
-    config.randaugment_std = 0.5
-    config.repeated_aug = 1  # >1: each image that many times per epoch
-    config.random_erasing = 0.25
-    config.mixup = 0.8
-    config.cutmix = 1.0
-    config.mix_switch_prob = 0.5
-    config.label_smoothing = 0.1
-    config.sum_loss_weights = (1.0, 1.0)  # (class-token loss, other loss): sum_loss fusion; LV-ViT (cls, dense)
-    config.mix_token = False  # LV-ViT's MixToken (replaces Mixup/CutMix in its recipe)
-    config.token_label_dir = ""  # token label maps from `python -m sot_jax.convert_labels` (empty: image label)
-
-    # Optimization: AdamW, timm's cosine schedule stepped per epoch, warmup and cooldown.
     config.batch_size = 1024  # global, over all devices and processes
-    config.grad_accum_steps = 1
-    config.lr = 1e-3  # not rescaled by batch size
-    config.weight_decay = 0.03
-    config.b1, config.b2, config.adam_eps = 0.9, 0.999, 1e-8
-    config.grad_clip_norm = 0.0  # 0: no clipping
-    config.num_epochs = 300
-    config.warmup_epochs = 5
-    config.cooldown_epochs = 10
-    config.warmup_lr = 1e-6
-    config.min_lr = 1e-5
     config.total_steps = 0  # 0: (num_epochs + cooldown_epochs) epochs; otherwise the schedule is squeezed into it
-    config.ema_decay = 0.99996  # 0: no EMA
-    config.sharding = "data"  # "data" (replicated parameters) or "fsdp" (parameters and optimizer state sharded)
-
-    # Bookkeeping.
+    config.lr = 1e-3  # the peak rate at optim.lr_base_batch (0: used as is, whatever the batch size)
     config.log_every_steps = 50
     config.eval_every_steps = 0  # 0: once per epoch
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3  # the latest ones, plus the best by validation top-1
     config.eval_batch_size = 0  # 0: batch_size
+    config.sharding = "data"  # "data" (replicated parameters) or "fsdp" (parameters and optimizer state sharded)
     config.init_from = ""  # a converted or trained checkpoint to start from (fine-tuning re-inits the classifier)
     config.eval_only = False
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "deit_small_sot"
+    config.model.dtype = "bfloat16"  # compute dtype; parameters, covariance and SVPN stay float32
+    config.model.img_size = 224
+    config.model.drop_path_rate = 0.1
+    for key, kind in MODEL_OPTIONS.items():
+        config.model[key] = placeholder(kind)
+
+    config.input = ml_collections.ConfigDict()
+    config.input.train_split = "train"
+    config.input.eval_crop_pct = 0.875  # resize 256, centre-crop 224
+    config.input.crop_scale = (0.08, 1.0)
+    config.input.crop_ratio = (3 / 4, 4 / 3)
+    config.input.hflip = True
+    config.input.randaugment_layers = 2  # rand-m9-mstd0.5-inc1
+    config.input.randaugment_magnitude = 9.0
+    config.input.randaugment_std = 0.5
+    config.input.repeated_aug = 1  # >1: each image that many times per epoch
+    config.input.token_label_dir = ""  # token label maps from `python -m sot_jax.convert_labels` (empty: image label)
+    config.input.skip_bad_images = False  # True: skip (and log) files that do not decode instead of stopping
+
+    config.aug = ml_collections.ConfigDict()
+    config.aug.random_erasing = 0.25
+    config.aug.mixup = 0.8
+    config.aug.cutmix = 1.0
+    config.aug.mix_switch_prob = 0.5
+    config.aug.mix_token = False  # LV-ViT's MixToken (replaces Mixup/CutMix in its recipe)
+    config.aug.label_smoothing = 0.1
+
+    # AdamW, timm's cosine schedule stepped per epoch, warmup and cooldown.
+    config.optim = ml_collections.ConfigDict()
+    config.optim.lr_base_batch = 0  # >0: the rate is lr · batch_size / lr_base_batch (HVT's rule)
+    config.optim.weight_decay = 0.03
+    config.optim.no_weight_decay = ()  # parameter names excluded from weight decay besides 1-D ones
+    config.optim.b1, config.optim.b2, config.optim.eps = 0.9, 0.999, 1e-8
+    config.optim.grad_clip_norm = 0.0  # 0: no clipping
+    config.optim.grad_accum_steps = 1
+    config.optim.num_epochs = 300
+    config.optim.warmup_epochs = 5
+    config.optim.cooldown_epochs = 10
+    config.optim.warmup_lr = 1e-6
+    config.optim.min_lr = 1e-5
+    config.optim.ema_decay = 0.99996  # 0: no EMA
+    config.optim.sum_loss_weights = (1.0, 1.0)  # (class-token loss, other loss): sum_loss fusion; LV-ViT (cls, dense)
+
+    config.evals = ml_collections.ConfigDict({"val": eval_set(), **IMAGENET_EVALS})
     return config
 
 
-def digits_demo(config: ml_collections.ConfigDict, model: str, **model_overrides) -> ml_collections.ConfigDict:
+def model_overrides(model_config: ml_collections.ConfigDict) -> dict:
+    """`create_model` keywords from `config.model`: every key but name, with the unset (None) ones left out."""
+    return {k: v for k, v in model_config.items() if k != "name" and v is not None}
+
+
+def build_model(model_config: ml_collections.ConfigDict, num_classes: int):
+    """The model `config.model` describes (`models.create_model`, the same checks and messages)."""
+    import jax.numpy as jnp
+
+    from sot_jax import models
+
+    check_choice("model.dtype", model_config.dtype, ("float32", "bfloat16"))
+    overrides = {**model_overrides(model_config), "dtype": jnp.dtype(model_config.dtype)}
+    return models.create_model(model_config.name, num_classes=num_classes, **overrides)
+
+
+def unknown_variant(variant: str, variants) -> UserError:
+    return UserError(f"unknown config variant {variant!r}; choose one of {', '.join(variants)}")
+
+
+def digits_demo(config: ml_collections.ConfigDict, model: str, **model_options) -> ml_collections.ConfigDict:
     """Turn a recipe into the embedded-dataset demo: a small model on 32×32 digits, a few CPU minutes."""
     config.dataset = "digits"
-    config.extra_eval_sets = ()
-    config.image_size = 32
-    config.eval_crop_pct = 1.0
-    config.crop_scale = (0.6, 1.0)
-    config.hflip = False  # mirrored digits are other digits
-    config.randaugment_layers = 0
-    config.random_erasing = 0.0
-    config.mixup = config.cutmix = 0.0
+    config.evals = ml_collections.ConfigDict({"val": eval_set()})
+    config.model.img_size = 32
+    config.input.eval_crop_pct = 1.0
+    config.input.crop_scale = (0.6, 1.0)
+    config.input.hflip = False  # mirrored digits are other digits
+    config.input.randaugment_layers = 0
+    config.aug.random_erasing = 0.0
+    config.aug.mixup = config.aug.cutmix = 0.0
     config.model.name = model
     config.model.dtype = "float32"
-    config.model.overrides.update(
-        {"embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_hidden": 128, "drop_path_rate": 0.0, **model_overrides}
-    )
+    config.model.update({"embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_hidden": 128, "drop_path_rate": 0.0})
+    config.model.update(model_options)
     config.batch_size = 64
     config.lr = 2e-3
-    config.weight_decay = 0.05
-    config.num_epochs = 20
-    config.warmup_epochs = 2
-    config.cooldown_epochs = 0
-    config.ema_decay = 0.0
+    config.optim.weight_decay = 0.05
+    config.optim.num_epochs = 20
+    config.optim.warmup_epochs = 2
+    config.optim.cooldown_epochs = 0
+    config.optim.ema_decay = 0.0
     config.log_every_steps = 22
     config.eval_every_steps = 110  # every 5 epochs of 22 steps
     config.checkpoint_every_steps = 110

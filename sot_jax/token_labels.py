@@ -6,7 +6,7 @@ model swaps the token outputs inside the box back (`mix_tokens` is its own inver
 its own image's, and the class target mixes with λ' = 1 − box area / N.
 
 Dense targets: the input pipeline samples each image's top-k score map at the token centres of its crop (see
-`input_pipeline.sample_label_map`) and delivers, per token, (class, weight) pairs whose sum over equal classes is
+`data.label_maps.sample_label_map`) and delivers, per token, (class, weight) pairs whose sum over equal classes is
 the token's score vector; `dense_targets` scatters them into logits, softmaxes and smooths them.
 """
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from sot_jax import augment
+
 
 def mix_token_box(rng: jax.Array, grid: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
     """A MixToken box (top, left, bottom, right) in token units, and the class-target weight λ' = 1 − area/N."""
@@ -22,19 +24,9 @@ def mix_token_box(rng: jax.Array, grid: tuple[int, int]) -> tuple[jax.Array, jax
     lam_key, row_key, col_key = jax.random.split(rng, 3)
     lam = jax.random.beta(lam_key, 1.0, 1.0)
     centre = jax.random.randint(row_key, (), 0, rows), jax.random.randint(col_key, (), 0, cols)
-    box = token_box(lam, centre, grid)
+    box = augment.cut_box(lam, centre, grid)
     top, left, bottom, right = box
     return box, 1.0 - (bottom - top) * (right - left) / (rows * cols)
-
-
-def token_box(lam: jax.Array, centre: tuple[jax.Array, jax.Array], grid: tuple[int, int]) -> jax.Array:
-    """The official `rand_bbox`: sides int(side · √(1 − λ)) around `centre`, clipped to the grid."""
-    rows, cols = grid
-    ratio = jnp.sqrt(1.0 - lam)
-    cut_rows, cut_cols = (rows * ratio).astype(jnp.int32), (cols * ratio).astype(jnp.int32)
-    top, bottom = jnp.clip(centre[0] - cut_rows // 2, 0, rows), jnp.clip(centre[0] + cut_rows // 2, 0, rows)
-    left, right = jnp.clip(centre[1] - cut_cols // 2, 0, cols), jnp.clip(centre[1] + cut_cols // 2, 0, cols)
-    return jnp.stack([top, left, bottom, right])
 
 
 def mix_tokens(tokens: jax.Array, box: jax.Array, grid: tuple[int, int]) -> jax.Array:
@@ -42,10 +34,7 @@ def mix_tokens(tokens: jax.Array, box: jax.Array, grid: tuple[int, int]) -> jax.
 
     Applying it twice gives back the input, which is how the model un-mixes its token outputs."""
     rows, cols = grid
-    top, left, bottom, right = box
-    row, col = jnp.arange(rows)[:, None], jnp.arange(cols)[None, :]
-    inside = ((row >= top) & (row < bottom) & (col >= left) & (col < right)).reshape(rows * cols)
-    inside = inside.reshape((1, rows * cols) + (1,) * (tokens.ndim - 2))
+    inside = augment.box_mask(box, grid).reshape((1, rows * cols) + (1,) * (tokens.ndim - 2))
     return jnp.where(inside, tokens[::-1], tokens)
 
 
@@ -56,16 +45,12 @@ def dense_targets(
 
     classes, weights: (B, N, P) pairs per token. A token's logits are the sum of its pairs' weights per class
     (classes outside every pair score 0, as in the official dense map); the class target softmaxes the mean of
-    the tokens' logits (the whole crop, like the official 1×1 roi-align). Both are smoothed like
-    `augment.smooth_one_hot`: (1 − smoothing) · p + smoothing / C.
+    the tokens' logits (the whole crop, like the official 1×1 roi-align). Both are smoothed by `augment.smooth`.
     """
     batch, tokens, _ = classes.shape
     logits = jnp.zeros((batch, tokens, num_classes), jnp.float32)
     logits = logits.at[jnp.arange(batch)[:, None, None], jnp.arange(tokens)[None, :, None], classes].add(
         weights.astype(jnp.float32)
     )
-
-    def smooth(x):
-        return (1.0 - smoothing) * jax.nn.softmax(x, axis=-1) + smoothing / num_classes
-
-    return smooth(jnp.mean(logits, axis=1)), smooth(logits)
+    class_target = augment.smooth(jax.nn.softmax(jnp.mean(logits, axis=1), axis=-1), smoothing)
+    return class_target, augment.smooth(jax.nn.softmax(logits, axis=-1), smoothing)

@@ -26,27 +26,43 @@ TINY_MODEL = {"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_hidden": 64}
 def tiny_overrides() -> list[str]:
     """The same small model as command-line flags for configs/sot_deit.py:digits."""
     flags = ["--config.model.name=deit_tiny_patch16_224"]
-    return flags + [f"--config.model.overrides.{k}={v}" for k, v in TINY_MODEL.items()]
+    return flags + [f"--config.model.{k}={v}" for k, v in TINY_MODEL.items()]
 
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> str:
-    from sot_jax import input_pipeline
+    from sot_jax.data import sources
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    input_pipeline.get_builder("digits", data_dir)  # prepares it
+    sources.get_source("digits", data_dir)  # prepares it
     return data_dir
+
+
+CONFIG_GROUPS = ("model", "input", "aug", "optim")
+
+
+def set_config(config, key, value):
+    """Set `key` ("group.key", a top-level key, or a key of exactly one group) to `value`."""
+    if "." not in key and key not in config:
+        groups = [g for g in CONFIG_GROUPS if key in config[g]]
+        assert len(groups) == 1, f"{key} is in groups {groups}"
+        key = f"{groups[0]}.{key}"
+    target = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        target = target[parent]
+    target[leaf] = value
 
 
 @pytest.fixture
 def tiny_config(digits_dir):
-    """configs/sot_deit.py:digits with a tiny DeiT, batch 8, and a few steps."""
+    """configs/sot_deit.py:digits with a tiny DeiT, batch 8, and a few steps; keys as in `set_config`."""
 
     def make(**changes):
         config = load_config("configs/sot_deit.py", "digits")
         config.data_dir = digits_dir
         config.model.name = "deit_tiny_patch16_224"
-        config.model.overrides.update(TINY_MODEL)
+        config.model.update(TINY_MODEL)
         config.batch_size = 8
         config.total_steps = 6
         config.log_every_steps = 1
@@ -54,11 +70,7 @@ def tiny_config(digits_dir):
         config.checkpoint_every_steps = 3
         config.eval_batch_size = 64
         for key, value in changes.items():
-            target = config
-            *parents, leaf = key.split(".")
-            for parent in parents:
-                target = target[parent]
-            target[leaf] = value
+            set_config(config, key, value)
         return config
 
     return make

@@ -80,9 +80,9 @@ def test_sot_head_matches_official_classifier(fixture):
     tokens = jnp.asarray(data["tokens"])
     head = ClassifierHead(
         num_classes=data["logits"].shape[-1],
-        representation=config["head"],
+        head=config["head"],
         fusion=config["fusion"],
-        num_heads=6,
+        mgcrp_heads=6,
         wr_dim=config["wr_dim"],
     )
     abstract = jax.eval_shape(lambda t: head.init(jax.random.key(0), t, train=False), tokens)
@@ -93,8 +93,8 @@ def test_sot_head_matches_official_classifier(fixture):
         logits = head.apply(variables, tokens, train=False)
         if config["fusion"] == "sum_loss":  # official eval returns both logit sets; training returns them here
             pair = head.apply(variables, tokens, train=True)
-            assert rel_err(jnp.stack(pair), data["logits"]) <= 1e-4
-            np.testing.assert_allclose(logits, pair[0] + pair[1], rtol=1e-6)
+            assert rel_err(jnp.stack([pair.cls, pair.other]), data["logits"]) <= 1e-4
+            np.testing.assert_allclose(logits, pair.cls + pair.other, rtol=1e-6)
             return
     assert rel_err(logits, data["logits"].reshape(logits.shape)) <= 1e-4
 
@@ -127,7 +127,7 @@ def test_every_head_runs_on_a_cls_backbone_in_eval_and_training(head, fusion, ex
     assert logits.shape == (2, 5) and logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
     out = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(1)})
     if head == "token_label":
-        assert out[0].shape == (2, 5) and out[1].shape == (2, 4, 5)
+        assert out.cls.shape == (2, 5) and out.other.shape == (2, 4, 5) and out.per_token
     else:
         assert out.shape == (2, 5)
     grads = jax.grad(lambda p: jnp.sum(model.apply({**variables, "params": p}, images, train=False)))(

@@ -11,7 +11,8 @@ import tensorflow as tf
 from conftest import TINY_MODEL
 from PIL import Image
 
-from sot_jax import input_pipeline, models, randaugment, token_labels, train
+from sot_jax import augment, models, token_labels, train
+from sot_jax.data import label_maps, pipeline, randaugment, sources
 
 
 def official_rand_bbox(lam, cy, cx, rows, cols):
@@ -27,7 +28,7 @@ def test_mix_token_box_follows_the_official_rule():
     rng = np.random.default_rng(0)
     for _ in range(200):
         lam, cy, cx = rng.uniform(), int(rng.integers(14)), int(rng.integers(14))
-        box = token_labels.token_box(jnp.float32(lam), (jnp.int32(cy), jnp.int32(cx)), (14, 14))
+        box = augment.cut_box(jnp.float32(lam), (jnp.int32(cy), jnp.int32(cx)), (14, 14))
         assert tuple(np.asarray(box)) == official_rand_bbox(np.float32(lam), cy, cx, 14, 14)
     lams = []
     for seed in range(300):
@@ -64,7 +65,8 @@ def test_model_un_mixes_token_outputs_so_each_keeps_its_source():
         return outputs
 
     box = jnp.array([0, 1, 2, 4])
-    (cls_plain, tokens_plain), (cls_mixed, tokens_mixed) = forward(None), forward(box)
+    plain, mixed = forward(None), forward(box)
+    (cls_plain, tokens_plain), (cls_mixed, tokens_mixed) = (plain.cls, plain.other), (mixed.cls, mixed.other)
     np.testing.assert_allclose(tokens_mixed, tokens_plain, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(cls_mixed, cls_plain, rtol=1e-5, atol=1e-5)
     # Without un-mixing, the box's tokens would show the partner's patches:
@@ -97,17 +99,16 @@ def test_token_labeling_loss_equals_a_hand_computation():
         return -np.sum(target * log_p, -1)
 
     expected = 0.7 * ce(cls_logits, targets).mean() + 0.4 * ce(token_logits, token_targets).mean()
+    paired = models.PairedLogits(jnp.asarray(cls_logits), jnp.asarray(token_logits), per_token=True)
     loss = train.classification_loss(
-        (jnp.asarray(cls_logits), jnp.asarray(token_logits)),
+        paired,
         jnp.asarray(targets),
         (0.7, 0.4),
         jnp.asarray(token_targets),
     )
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     fallback = 0.7 * ce(cls_logits, targets).mean() + 0.4 * ce(token_logits, targets[:, None]).mean()
-    loss = train.classification_loss(
-        (jnp.asarray(cls_logits), jnp.asarray(token_logits)), jnp.asarray(targets), (0.7, 0.4)
-    )
+    loss = train.classification_loss(paired, jnp.asarray(targets), (0.7, 0.4))
     assert float(loss) == pytest.approx(fallback, rel=1e-5)
 
 
@@ -132,7 +133,7 @@ def check_alignment(image, scores, classes, geometry, grid):
     """Per token: the map's top class after sampling, against the block the image shows at the token centre.
     Returns (tokens agreeing, tokens compared); disagreement is allowed only with a neighbouring block (a centre
     on a block edge that resampling blurs). Tokens showing RandAugment's fill colour are skipped."""
-    pairs = input_pipeline.sample_label_map(tf.constant(scores), tf.constant(classes), geometry, grid, image.shape[0])
+    pairs = label_maps.sample_label_map(tf.constant(scores), tf.constant(classes), geometry, grid, image.shape[0])
     _, token_targets = token_labels.dense_targets(*(jnp.asarray(p.numpy())[None] for p in pairs), 64, 0.0)
     from_map = np.argmax(np.asarray(token_targets[0]), -1).reshape(grid)
     step = image.shape[0] // grid[0]
@@ -147,14 +148,14 @@ def check_alignment(image, scores, classes, geometry, grid):
 
 
 def test_label_map_stays_aligned_with_its_image_through_crop_and_flip(tiny_config):
-    config = tiny_config(image_size=64, crop_scale=(0.2, 1.0), hflip=True, randaugment_layers=0)
+    config = tiny_config(crop_scale=(0.2, 1.0), hflip=True, randaugment_layers=0)
     pixels, scores, classes = position_coded_image_and_map()
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     agree = total = flips = 0
     for seed in range(40):
         seed = tf.constant([seed, 1], tf.int64)
-        image, geometry = input_pipeline.train_preprocess(tf.constant(buffer.getvalue()), seed, config)
+        image, geometry = pipeline.train_preprocess(tf.constant(buffer.getvalue()), seed, config.input, 64)
         hits, count = check_alignment(image.numpy(), scores, classes, geometry, (4, 4))
         agree, total, flips = agree + hits, total + count, flips + bool(geometry["flipped"])
     assert 5 <= flips <= 35  # both branches ran
@@ -195,7 +196,7 @@ def test_converted_label_maps_are_found_by_file_name(tmp_path):
     write_label_maps(tmp_path / "raw", {"n01": ["n01_1", "n01_2"], "n02": ["n02_7"]})
     out = convert_labels.convert_labels(tmp_path / "raw", tmp_path / "maps")
     assert json.loads((out / "meta.json").read_text())["count"] == 3
-    maps = input_pipeline.LabelMaps(str(out))
+    maps = label_maps.LabelMaps(str(out))
     scores, classes = maps.lookup(tf.constant("n02_7.JPEG"))
     original = torch.load(tmp_path / "raw" / "n02" / "n02_7.pt").float().numpy()
     np.testing.assert_allclose(scores.numpy(), original[0])
@@ -234,12 +235,14 @@ def test_malformed_label_files_are_named_and_nothing_is_written(tmp_path, conten
 
 
 def test_missing_label_folder_and_wrong_class_count_are_clear(tmp_path, tiny_config):
-    with pytest.raises(FileNotFoundError, match="missing meta.json"):
-        input_pipeline.LabelMaps(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="missing meta.json"):
+        label_maps.LabelMaps(str(tmp_path / "nowhere"))
     config = tiny_config(token_label_dir=str(tmp_path))
-    builder = input_pipeline.get_builder("digits", config.data_dir)
+    source = sources.get_source("digits", config.data_dir)
     with pytest.raises(ValueError, match="needs a dataset with file names"):
-        next(input_pipeline.train_batches(builder, config, global_batch=8, start_step=0, token_grid=(2, 2)))
+        next(pipeline.train_batches(
+            source, config.input, image_size=32, seed=0, global_batch=8, start_step=0, token_grid=(2, 2)
+        ))  # fmt: skip
     with pytest.raises(ValueError, match="does not combine with mixup"):
         train.validate_config(tiny_config(token_label_dir="x", mixup=0.8), 1, 1)
 
@@ -260,7 +263,7 @@ def test_a_tiny_lvvit_run_trains_on_token_label_maps(tiny_imagenet, tiny_config,
     def lvvit_config(token_label_dir):
         config = tiny_config(
             dataset="imagenet2012", data_dir=tiny_imagenet, batch_size=4, total_steps=3, eval_every_steps=3,
-            token_label_dir=token_label_dir, mix_token=True, image_size=64,
+            token_label_dir=token_label_dir, mix_token=True, img_size=64,
         )  # fmt: skip
         config.model.name = "lvvit_t"
         return config
@@ -272,7 +275,10 @@ def test_a_tiny_lvvit_run_trains_on_token_label_maps(tiny_imagenet, tiny_config,
         return [r["loss"] for r in records if "loss" in r]
 
     config = lvvit_config(str(maps))
-    batch = next(input_pipeline.train_batches(builder, config, global_batch=4, start_step=0, token_grid=(4, 4)))
+    source = sources.get_source("imagenet2012", tiny_imagenet)
+    batch = next(pipeline.train_batches(
+        source, config.input, image_size=64, seed=0, global_batch=4, start_step=0, token_grid=(4, 4)
+    ))  # fmt: skip
     assert batch["token_label_classes"].shape == (4, 16, 20) and batch["token_label_weights"].shape == (4, 16, 20)
     assert np.all(np.isin(batch["token_label_classes"], np.load(maps / "classes.npy")))
     with_maps = train_losses("maps", config)

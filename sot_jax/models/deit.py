@@ -20,7 +20,7 @@ def _deit(embed_dim: int, num_heads: int, wr_dim: int) -> ModelSpec:
             layer_norm_eps=1e-6,
         ),
         # wr_dim is SoT's q for "DeiT + ours", used when another head is chosen.
-        head=dict(representation="cls", wr_dim=wr_dim),
+        head=dict(head="cls", wr_dim=wr_dim),
         torch_renames=(("stem", "patch_embed"), ("classifier.cls_fc", "head")),
     )
 

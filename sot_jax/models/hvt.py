@@ -27,7 +27,7 @@ def _hvt(embed_dim: int, num_heads: int, pool_block_width: int | None) -> ModelS
             cls_token=False,
             pool_block_width=pool_block_width,
         ),
-        head=dict(representation="gap", fusion="aggre_all", wr_dim=24),
+        head=dict(head="gap", fusion="aggre_all", wr_dim=24),
         torch_renames=(("stem", "patch_embed"), ("classifier.visual_fc", "head")),
     )
 

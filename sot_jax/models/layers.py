@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sot_jax.errors import UserError, check_choice
+
 Dtype = Any
 
 # timm's init: Linear weights trunc-normal(0.02), biases 0; convs keep PyTorch's default kaiming-uniform(a=√5),
@@ -103,8 +105,7 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 
 def attention_implementation(choice: str, dtype: Dtype) -> str:
     """'auto' picks cuDNN's fused (flash) attention on GPU in 16-bit compute (its only dtypes), else XLA's."""
-    if choice not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(f"unknown attention implementation {choice!r}; choose one of {ATTENTION_IMPLEMENTATIONS}")
+    check_choice("attention implementation", choice, ATTENTION_IMPLEMENTATIONS)
     if choice == "auto":
         return "cudnn" if jax.default_backend() == "gpu" and jnp.dtype(dtype).itemsize == 2 else "xla"
     return choice
@@ -185,7 +186,7 @@ REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_
 def remat_policy(name: str | None) -> Any:
     """The `jax.checkpoint_policies` policy that block rematerialization `name` stands for (None: no remat)."""
     if name is not None and name not in REMAT_POLICIES:
-        raise ValueError(f"unknown remat policy {name!r}; valid: None, {', '.join(REMAT_POLICIES)}")
+        raise UserError(f"unknown remat policy {name!r}; valid: None, {', '.join(REMAT_POLICIES)}")
     return None if name is None else getattr(jax.checkpoint_policies, name)
 
 
@@ -207,7 +208,7 @@ def token_grid(img_size: int | Sequence[int], stride: int, model: str) -> tuple[
     """The (rows, cols) of the token grid for an image size, with a clear error when the stride does not divide."""
     height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     if height % stride or width % stride or height <= 0 or width <= 0:
-        raise ValueError(f"{model}: image size {height}x{width} must be positive and divisible by its stride {stride}")
+        raise UserError(f"{model}: image size {height}x{width} must be positive and divisible by its stride {stride}")
     return height // stride, width // stride
 
 

@@ -47,7 +47,7 @@ def _lvvit(embed_dim: int, depth: int, num_heads: int, skip_lam: float, stem_cha
             layer_norm_eps=1e-5,
             skip_lam=skip_lam,
         ),
-        head=dict(representation="token_label", wr_dim=24),
+        head=dict(head="token_label", wr_dim=24),
         torch_renames=(
             ("stem", "patch_embed"),
             ("classifier.head", "head"),

@@ -162,12 +162,12 @@ def _sot(embed_dim: int, depth: int, num_heads: int, mlp_hidden: int, wr_dim: in
             position_embedding="sinusoidal",
         ),
         head=dict(
-            representation="mgcrp",
+            head="mgcrp",
             fusion="sum_fc",
-            num_heads=6,
+            mgcrp_heads=6,
             wr_dim=wr_dim,
-            svpn_method="power_iter",
-            dropout=head_dropout,
+            svpn="power_iter",
+            head_dropout=head_dropout,
         ),
         torch_renames=(
             ("stem", "visual_tokens.tokens"),

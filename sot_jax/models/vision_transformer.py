@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from sot_jax import token_labels
-from sot_jax.models.heads import ClassifierHead
+from sot_jax.errors import UserError
+from sot_jax.models.heads import ClassifierHead, PairedLogits
 from sot_jax.models.layers import (
     Dtype,
     check_images,
@@ -26,7 +27,7 @@ def hvt_pooled_lengths(num_tokens: int, depth: int, pool_block_width: int | None
     for i in range(depth):
         if pool_block_width and i % pool_block_width == 0:
             if num_tokens < 3:
-                raise ValueError(
+                raise UserError(
                     f"HVT pooling at block {i} needs at least 3 tokens, has {num_tokens}: use larger images or a "
                     f"larger pool_block_width (now {pool_block_width})"
                 )
@@ -41,8 +42,8 @@ class VisionTransformer(nn.Module):
     """A ViT whose stem, position embedding, class token, pooling and head are chosen by its family.
 
     `__call__(images, train, mix_box)`: images are float NHWC of `img_size`, normalized. Returns float32 logits
-    (B, num_classes), or in training for the `sum_loss` fusion and the LV-ViT `token_label` head, the pair
-    (class-token logits, other logits) described in `heads.ClassifierHead`. `mix_box` (top, left, bottom, right
+    (B, num_classes), or in training for the `sum_loss` fusion and the LV-ViT `token_label` head,
+    `heads.PairedLogits`. `mix_box` (top, left, bottom, right
     on the token grid) applies MixToken (`token_labels.mix_tokens`); token logits come back un-mixed. Training
     needs the rng stream 'dropout' (dropout and drop path) and, for stems with BatchNorm, `mutable=['batch_stats']`.
     """
@@ -109,6 +110,6 @@ class VisionTransformer(nn.Module):
             self.num_classes, has_cls_token=self.cls_token, dtype=self.dtype, name="classifier", **self.head
         )
         outputs = head(x, train)
-        if mix_box is not None and isinstance(outputs, tuple) and outputs[1].ndim == 3:
-            outputs = (outputs[0], token_labels.mix_tokens(outputs[1], mix_box, self.grid))  # un-mix token outputs
+        if mix_box is not None and isinstance(outputs, PairedLogits) and outputs.per_token:
+            outputs = outputs.replace(other=token_labels.mix_tokens(outputs.other, mix_box, self.grid))  # un-mix
         return jax.tree.map(lambda logits: logits.astype(jnp.float32), outputs)

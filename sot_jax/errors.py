@@ -1,0 +1,17 @@
+"""The project's error type for problems a user can fix (config, data, checkpoints).
+
+`python -m sot_jax.main` prints a `UserError` as one `error: ...` line and exits non-zero; any other exception
+keeps its traceback. It subclasses ValueError, so callers that catch ValueError keep working.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """A bad config value, missing or malformed data, or an unusable checkpoint; the message says which."""
+
+
+def check_choice(what: str, value: object, choices: tuple) -> None:
+    """Raise a UserError naming `value` and the valid `choices` unless `value` is one of them."""
+    if value not in choices:
+        raise UserError(f"unknown {what} {value!r}; choose one of {', '.join(map(str, choices))}")

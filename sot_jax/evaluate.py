@@ -1,0 +1,135 @@
+"""Evaluation: the config's `evals` entries resolved (and checked) before training, top-1/top-5 on each.
+
+`config.evals` maps a name to {dataset, data_dir, split, optional, label_subset, multi_label} (`recipes.eval_set`);
+results are logged as `<name>_top1` and `<name>_top5` (`val_top1` ranks the best checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sot_jax import augment, checkpoints, models, recipes, sharding
+from sot_jax.errors import UserError
+
+
+def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, model: Any, class_mask: Any) -> dict:
+    """Counts of top-1/top-5 hits over the unpadded examples (with `real` labels: a hit is any of them)."""
+    logits = model.apply({"params": params, "batch_stats": batch_stats}, augment.normalize(batch["image"]))
+    if class_mask is not None:  # e.g. ImageNet-A: predict among its 200 classes only
+        logits = jnp.where(class_mask, logits, -jnp.inf)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]  # top-5 is top-all below 5 classes
+    mask = batch["mask"].astype(jnp.float32)
+    if "real" in batch:
+        hits = jnp.take_along_axis(batch["real"], top5, axis=1).astype(jnp.float32)
+        mask = mask * (jnp.sum(batch["real"], axis=1) > 0)  # ReaL leaves out images without any real label
+    else:
+        hits = (top5 == batch["label"][:, None]).astype(jnp.float32)
+    return {"top1": jnp.sum(hits[:, 0] * mask), "top5": jnp.sum(jnp.max(hits, axis=1) * mask), "count": jnp.sum(mask)}
+
+
+@dataclasses.dataclass
+class EvalSet:
+    name: str
+    source: Any  # data.sources.Source
+    split: str
+    multi_label: bool
+    class_mask: np.ndarray | None
+
+
+def resolve_evals(config: Any, train_source: Any, num_classes: int) -> list[EvalSet]:
+    """Every `config.evals` entry with its data source, checked now rather than at the first evaluation: an unknown
+    key, dataset or split, or another number of classes, is an error; an unprepared dataset too, unless the entry
+    is `optional` (then one warning line, and the set is left out)."""
+    from sot_jax.data import pipeline, sources
+
+    if "val" not in config.evals:
+        raise UserError("config.evals needs a 'val' entry (it ranks the best checkpoint)")
+    sets = []
+    for name, entry in config.evals.items():
+        unknown = set(entry) - set(recipes.EVAL_KEYS)
+        if unknown:
+            valid = ", ".join(recipes.EVAL_KEYS)
+            raise UserError(f"evals.{name}: unknown key(s) {', '.join(sorted(unknown))}; valid: {valid}")
+        dataset, data_dir = entry.dataset or config.dataset, entry.data_dir or config.data_dir
+        try:
+            if (dataset, data_dir) == (config.dataset, config.data_dir):
+                source = train_source
+            else:
+                source = sources.get_source(dataset, data_dir, prepare_embedded=jax.process_index() == 0)
+            split = entry.split or source.eval_split
+            source.num_examples(split)  # an unknown split or an unreadable folder stops here
+        except sources.DatasetNotReadyError as e:
+            if not entry.optional:
+                raise UserError(f"evals.{name}: {e}") from None
+            if jax.process_index() == 0:
+                print(f"warning: evals.{name} skipped: {e}", flush=True)
+            continue
+        except UserError as e:
+            raise UserError(f"evals.{name}: {e}") from None
+        if source.num_classes != num_classes:
+            raise UserError(f"evals.{name}: {dataset} has {source.num_classes} classes, the model {num_classes}")
+        class_mask = pipeline.label_subset(source, split) if entry.label_subset else None
+        sets.append(EvalSet(name, source, split, entry.multi_label, class_mask))
+    return sets
+
+
+class Evaluator:
+    """Top-1/top-5 (percent) of given weights on each eval set; the jitted steps are built once."""
+
+    def __init__(self, config: Any, model: Any, eval_sets: list[EvalSet], mesh: Any):
+        self.config, self.model, self.eval_sets, self.mesh = config, model, eval_sets, mesh
+        replicated = sharding.replicated(mesh)
+        step = functools.partial(eval_step, model=model)
+        self.steps = {s.name: jax.jit(functools.partial(step, class_mask=s.class_mask), out_shardings=replicated)
+                      for s in eval_sets}  # fmt: skip
+        self.batch_sharding = sharding.batch_sharding(mesh)
+
+    def __call__(self, params: Any, batch_stats: Any) -> dict[str, float]:
+        from sot_jax.data import pipeline
+
+        config, results = self.config, {}
+        for eval_set in self.eval_sets:
+            totals = {"top1": 0.0, "top5": 0.0, "count": 0.0}
+            batches = pipeline.eval_batches(
+                eval_set.source, eval_set.split, image_size=self.model.img_size, crop_pct=config.input.eval_crop_pct,
+                global_batch=config.eval_batch_size or config.batch_size, multi_label=eval_set.multi_label,
+                skip_bad_images=config.input.skip_bad_images, process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )  # fmt: skip
+            for local in batches:
+                batch = sharding.global_batch(local, self.batch_sharding)
+                counts = self.steps[eval_set.name](params, batch_stats, batch)
+                totals = {k: totals[k] + float(v) for k, v in counts.items()}
+            count = max(totals["count"], 1.0)
+            results[f"{eval_set.name}_top1"] = 100 * totals["top1"] / count
+            results[f"{eval_set.name}_top5"] = 100 * totals["top5"] / count
+        return results
+
+
+def evaluate_checkpoint(config: Any) -> dict[str, float]:
+    """eval_only: top-1/top-5 of `config.init_from` on every eval set (and of its EMA weights when it has them)."""
+    from sot_jax.data import sources
+
+    source = sources.get_source(config.dataset, config.data_dir, prepare_embedded=jax.process_index() == 0)
+    model = recipes.build_model(config.model, source.num_classes)
+    mesh = sharding.make_mesh()
+    evaluator = Evaluator(config, model, resolve_evals(config, source, source.num_classes), mesh)
+    loaded = checkpoints.read_init_variables(config.init_from)
+    fresh = models.abstract_variables(model)
+    results = {}
+    for prefix in ("", "ema_"):
+        if f"{prefix}params" not in loaded:
+            continue
+        params = checkpoints.merge_exact(fresh["params"], loaded[f"{prefix}params"], config.init_from)
+        batch_stats = checkpoints.merge_exact(
+            fresh.get("batch_stats", {}), loaded.get(f"{prefix}batch_stats", {}), config.init_from
+        )
+        params, batch_stats = jax.device_put((params, batch_stats), sharding.replicated(mesh))
+        results.update({prefix + k: v for k, v in evaluator(params, batch_stats).items()})
+    return results

@@ -1,0 +1,86 @@
+"""The model registry: every model name, its `ModelSpec`, and `create_model`'s options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sot_jax.errors import UserError
+from sot_jax.models import deit, hvt, lvvit, sot
+from sot_jax.models.heads import HEAD_OPTIONS
+from sot_jax.models.layers import attention_implementation, remat_policy
+from sot_jax.models.spec import ModelSpec
+from sot_jax.models.vision_transformer import VisionTransformer, hvt_pooled_lengths
+
+_REGISTRY: dict[str, ModelSpec] = {**deit.MODELS, **sot.MODELS, **hvt.MODELS, **lvvit.MODELS}
+
+# create_model's keywords: the trunk's options, then the head's (`heads.HEAD_OPTIONS`); the same names are the
+# `config.model` keys of the trainer.
+BACKBONE_OPTIONS = (
+    "img_size", "drop_path_rate", "dropout", "dtype", "embed_dim", "depth", "num_heads", "mlp_hidden",
+    "pool_block_width", "attention", "remat",
+)  # fmt: skip
+OPTIONS = (*BACKBONE_OPTIONS, *HEAD_OPTIONS)
+
+
+def list_models() -> list[str]:
+    """Every registered model name, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> VisionTransformer:
+    """Build a registered model. Overrides: img_size, drop_path_rate, dropout, dtype (compute dtype; parameters
+    stay float32), attention ("auto", "xla" or "cudnn"), remat (None or a `layers.REMAT_POLICIES` name: recompute
+    inside each transformer block in the backward pass, for larger batches), the trunk's embed_dim, depth,
+    num_heads, mlp_hidden (and HVT's pool_block_width), and for the head (`heads.ClassifierHead`): head, fusion,
+    svpn, svpn_alpha, wr_dim, mgcrp_heads, head_dropout, gem_groups (ggem; default the backbone's attention
+    heads), gem_positive. A bad value raises `UserError` naming it and the valid choices."""
+    spec = get_spec(name)
+    unknown = set(overrides) - set(OPTIONS)
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(sorted(unknown))} for {name}; valid: {', '.join(OPTIONS)}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
+    backbone = {**spec.backbone, **{k: v for k, v in overrides.items() if k in BACKBONE_OPTIONS}}
+    if backbone["embed_dim"] % backbone["num_heads"]:
+        raise UserError(f"embed_dim {backbone['embed_dim']} is not divisible by num_heads {backbone['num_heads']}")
+    head = {**spec.head, "gem_groups": backbone["num_heads"]}
+    head.update({k: v for k, v in overrides.items() if k in HEAD_OPTIONS})
+    dtype = backbone.get("dtype", jnp.float32)
+    model = VisionTransformer(
+        model_name=name,
+        stem=spec.stem(backbone["embed_dim"], dtype),
+        stride=spec.stride,
+        num_classes=num_classes,
+        head=head,
+        **backbone,
+    )
+    attention_implementation(model.attention, dtype)
+    remat_policy(model.remat)
+    rows, cols = model.grid  # validates img_size (and HVT's pooling) now rather than at the first call
+    hvt_pooled_lengths(rows * cols, model.depth, model.pool_block_width)
+    return model
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def example_images(model: VisionTransformer, batch: int = 1) -> jax.ShapeDtypeStruct:
+    """The shape of `batch` input images of `model` (what `init` and `eval_shape` trace with)."""
+    rows, cols = model.grid
+    return jax.ShapeDtypeStruct((batch, rows * model.stride, cols * model.stride, 3), jnp.float32)
+
+
+def abstract_variables(model: VisionTransformer) -> Any:
+    """The variable tree of `model` as shapes, without computing anything."""
+    return jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), example_images(model))
