@@ -14,6 +14,8 @@ the LV-ViT `token_label` head, which return `PairedLogits` (class-token logits, 
 
 Files: `registry.py` (names, `create_model`), `torch_conversion.py` (`from_torch`), `heads.py` (the head registry),
 `vision_transformer.py` (the shared trunk), one file per family (`deit.py`, `sot.py`, `hvt.py`, `lvvit.py`).
+Language transformers (BERT, RoBERTa, GPT, GPT-2, with the SoT text head): `text.py` (`create_text_model`,
+`from_hf`), `bert.py`, `gpt.py`, `text_heads.py`.
 """
 
 from sot_jax.models.heads import HEADS, PairedLogits
@@ -26,6 +28,7 @@ from sot_jax.models.registry import (
     get_spec,
     list_models,
 )
+from sot_jax.models.text import create_text_model, from_hf
 from sot_jax.models.torch_conversion import (
     convert_variables,
     from_torch,
@@ -36,6 +39,6 @@ from sot_jax.models.torch_conversion import (
 
 __all__ = [
     "HEADS", "OPTIONS", "PairedLogits", "abstract_variables", "convert_variables", "count_params", "create_model",
-    "example_images", "from_torch", "get_spec", "infer_num_classes", "list_models",
+    "create_text_model", "example_images", "from_hf", "from_torch", "get_spec", "infer_num_classes", "list_models",
     "torch_key", "unused_official_keys",
 ]  # fmt: skip

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sot_jax.errors import UserError
-from sot_jax.models import deit, hvt, lvvit, sot
+from sot_jax.models import deit, hvt, lvvit, sot, text
 from sot_jax.models.heads import HEAD_OPTIONS
 from sot_jax.models.layers import attention_implementation, remat_policy
 from sot_jax.models.spec import ModelSpec
@@ -27,8 +27,8 @@ OPTIONS = (*BACKBONE_OPTIONS, *HEAD_OPTIONS)
 
 
 def list_models() -> list[str]:
-    """Every registered model name, sorted."""
-    return sorted(_REGISTRY)
+    """Every registered model name (vision and text), sorted."""
+    return sorted([*_REGISTRY, *text.TEXT_MODELS])
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -37,13 +37,16 @@ def get_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
-def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> VisionTransformer:
+def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> VisionTransformer | text.TextModel:
     """Build a registered model. Overrides: img_size, drop_path_rate, dropout, dtype (compute dtype; parameters
     stay float32), attention ("auto", "xla" or "cudnn"), remat (None or a `layers.REMAT_POLICIES` name: recompute
     inside each transformer block in the backward pass, for larger batches), the trunk's embed_dim, depth,
     num_heads, mlp_hidden (and HVT's pool_block_width), and for the head (`heads.ClassifierHead`): head, fusion,
     svpn, svpn_alpha, wr_dim, mgcrp_heads, head_dropout, gem_groups (ggem; default the backbone's attention
-    heads), gem_positive. A bad value raises `UserError` naming it and the valid choices."""
+    heads), gem_positive. A bad value raises `UserError` naming it and the valid choices. Text model names
+    (`text.TEXT_MODELS`) go to `text.create_text_model` with its own options."""
+    if name in text.TEXT_MODELS:
+        return text.create_text_model(name, num_classes, **overrides)
     spec = get_spec(name)
     unknown = set(overrides) - set(OPTIONS)
     if unknown:
