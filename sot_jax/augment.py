@@ -1,14 +1,19 @@
 """Batch-level augmentation on the accelerator, inside the jitted train step (timm's semantics).
 
 Images arrive as uint8 NHWC; `normalize` maps them to ImageNet-normalized float32. Random erasing (timm's
-`RandomErasing(mode='pixel')`) then works per image, Mixup/CutMix per batch with the batch reversed as partner.
+`RandomErasing(mode='pixel')`) works per image, Mixup/CutMix per batch (or per group of images, as each GPU of the
+official runs mixed its own) with the batch reversed as partner.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from sot_jax.errors import UserError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -75,8 +80,8 @@ def random_erasing(
         fits = (h < height) & (w < width)
         first = jnp.argmax(fits)
         h, w = h[first], w[first]
-        top = jax.random.randint(top_key, (), 0, jnp.maximum(height - h, 1))
-        left = jax.random.randint(left_key, (), 0, jnp.maximum(width - w, 1))
+        top = jax.random.randint(top_key, (), 0, height - h + 1)  # timm's randint(0, H - h): both ends included
+        left = jax.random.randint(left_key, (), 0, width - w + 1)
         rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
         inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
         apply = (jax.random.uniform(apply_key) < probability) & jnp.any(fits)
@@ -94,13 +99,43 @@ def mixup_cutmix(
     cutmix_alpha: float,
     switch_prob: float = 0.5,
     prob: float = 1.0,
+    group_size: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
     """timm's Mixup in 'batch' mode: with probability `prob` mix the batch with its reverse, by CutMix with
-    probability `switch_prob` (when both are on) else Mixup; targets mix with the (area-corrected) lambda."""
+    probability `switch_prob` (when both are on) else Mixup; targets mix with the (area-corrected) lambda.
+
+    `group_size` > 0: every run of that many images (one GPU's batch in the official runs, where each process
+    mixes its own) draws its own lambda, mode and box and mixes with its own reverse; a smaller batch is one group.
+    """
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return images, targets
+    mix = functools.partial(
+        _mix_batch, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, switch_prob=switch_prob, prob=prob
+    )
+    batch = images.shape[0]
+    if not group_size or group_size >= batch:
+        return mix(rng, images, targets)
+    if batch % group_size:
+        raise UserError(f"aug.mix_group_size {group_size} does not divide the (micro-)batch of {batch} images")
+    groups = batch // group_size
+    grouped = lambda x: x.reshape(groups, group_size, *x.shape[1:])  # noqa: E731
+    images, targets = jax.vmap(mix)(jax.random.split(rng, groups), grouped(images), grouped(targets))
+    return images.reshape(batch, *images.shape[2:]), targets.reshape(batch, *targets.shape[2:])
+
+
+def _mix_batch(
+    rng: jax.Array,
+    images: jax.Array,
+    targets: jax.Array,
+    *,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    switch_prob: float,
+    prob: float,
+) -> tuple[jax.Array, jax.Array]:
+    """One Mixup/CutMix draw for the whole of `images`, partnered with their reverse."""
     apply_key, switch_key, mix_key, cut_key, box_key = jax.random.split(rng, 5)
-    batch, height, width, _ = images.shape
+    _, height, width, _ = images.shape
     if cutmix_alpha > 0 and mixup_alpha > 0:
         use_cutmix = jax.random.uniform(switch_key) < switch_prob
     else:

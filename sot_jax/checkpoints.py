@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from sot_jax import models, sharding
+from sot_jax import models, recipes, sharding
 from sot_jax.errors import UserError
 
 METADATA_FILE = "sot_jax.json"
@@ -76,11 +76,13 @@ def load_model(directory: str | os.PathLike, **overrides: Any) -> tuple[Any, dic
 
 
 def checkpoint_manager(workdir: Path, config: Any) -> ocp.CheckpointManager:
+    """Keeps the latest `keep_checkpoints` and the best by `recipes.best_metric(config)`."""
+    metric = recipes.best_metric(config)
     policy = preservation_policy.AnyPreservationPolicy(
         [
             preservation_policy.LatestN(config.keep_checkpoints),
             preservation_policy.BestN(
-                get_metric_fn=lambda metrics: metrics["val_top1"], n=1, keep_checkpoints_without_metrics=False
+                get_metric_fn=lambda metrics: metrics[metric], n=1, keep_checkpoints_without_metrics=False
             ),
         ]
     )

@@ -1,8 +1,12 @@
 """Convert official PyTorch weights into a sot_jax model checkpoint.
 
     python -m sot_jax.convert --model sot_small --checkpoint sot_small.pth --output checkpoints/sot_small
+    python -m sot_jax.convert --model bert_base_sot --checkpoint HF_DIR --output checkpoints/bert_base_sot
 
-The checkpoint may be a state_dict or a dict holding one under `model`, `state_dict` or `state_dict_ema`
+For the text models (`bert_*`, `roberta_*`, `gpt*`) the checkpoint is what HF `save_pretrained` writes (a folder
+with config.json and model.safetensors or pytorch_model.bin): sizes come from config.json, a classifier it lacks
+starts fresh (`--num-classes`, default 2 or the checkpoint's), see `models.text.from_hf`. For the vision models
+the checkpoint may be a state_dict or a dict holding one under `model`, `state_dict` or `state_dict_ema`
 (`--ema` picks the EMA weights, which the SoT papers report); `.npz` files of state-dict arrays work too.
 Missing, unexpected or mis-shaped keys stop the conversion with a message naming them; nothing is written then.
 Reading `.pth` files needs PyTorch (`pip install -e ".[torch]"`).
@@ -73,10 +77,15 @@ def convert(
 ) -> Path:
     """Convert and save; returns the written directory. `overrides` (img_size, embed_dim, depth, …) go to
     `models.create_model` and are recorded in the checkpoint. Raises UserError on bad input."""
+    num_classes = overrides.pop("num_classes", None)
+    if model in models.TEXT_MODELS:
+        _, variables, metadata = models.from_hf(str(checkpoint), model, num_classes)
+        return checkpoints.save_model(output, variables, {**metadata, "source": str(checkpoint)})
     models.create_model(model, **overrides)  # an unknown name or option fails before any file is read
     state_dict = read_state_dict(checkpoint, ema=ema, allow_pickle=allow_pickle)
-    variables = models.from_torch(model, state_dict, **overrides)
-    num_classes = models.infer_num_classes(model, {k.removeprefix("module."): v for k, v in state_dict.items()})
+    variables = models.from_torch(model, state_dict, num_classes, **overrides)
+    if num_classes is None:
+        num_classes = models.infer_num_classes(model, {k.removeprefix("module."): v for k, v in state_dict.items()})
     metadata = {"model": model, "num_classes": num_classes, "overrides": overrides, "source": str(checkpoint)}
     return checkpoints.save_model(output, variables, metadata)
 
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         required=True,
         help="registered model name (python -c 'from sot_jax import models; print(models.list_models())')",
     )
-    parser.add_argument("--checkpoint", required=True, help=".pth or .npz file")
+    parser.add_argument("--checkpoint", required=True, help=".pth or .npz file; for text models an HF model folder")
     parser.add_argument("--output", required=True, help="new directory for the Orbax checkpoint")
     parser.add_argument("--ema", action="store_true", help="convert state_dict_ema")
     parser.add_argument("--img-size", type=int, help="image size the weights were trained at (default 224)")
@@ -96,10 +105,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(
             f"--{option.replace('_', '-')}", type=int, help="architecture override (non-standard variants)"
         )
+    parser.add_argument(
+        "--num-classes", type=int, help="classes (default: the checkpoint's; a text model without a classifier: 2)"
+    )
     parser.add_argument("--allow-pickle", action="store_true", help="let torch.load unpickle arbitrary objects")
     args = parser.parse_args(argv)
     try:
-        options = ("img_size", "embed_dim", "depth", "num_heads", "mlp_hidden")
+        options = ("img_size", "embed_dim", "depth", "num_heads", "mlp_hidden", "num_classes")
         overrides = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
         written = convert(args.model, args.checkpoint, args.output, args.ema, args.allow_pickle, **overrides)
     except UserError as e:

@@ -17,10 +17,22 @@ import numpy as np
 from sot_jax import augment, checkpoints, models, recipes, sharding
 from sot_jax.errors import UserError
 
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
-def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, model: Any, class_mask: Any) -> dict:
-    """Counts of top-1/top-5 hits over the unpadded examples (with `real` labels: a hit is any of them)."""
-    logits = model.apply({"params": params, "batch_stats": batch_stats}, augment.normalize(batch["image"]))
+
+def model_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """A batch's model inputs: ImageNet-normalized `images`, or a text batch's token ids and masks."""
+    if "image" in batch:
+        return {"images": augment.normalize(batch["image"])}
+    return {k: batch[k] for k in TEXT_INPUTS if k in batch}
+
+
+def eval_step(
+    params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, model: Any, class_mask: Any, confusion: bool = False
+) -> dict:
+    """Counts of top-1/top-5 hits over the unpadded examples (with `real` labels: a hit is any of them), and with
+    `confusion` the confusion matrix (true × predicted classes)."""
+    logits = model.apply({"params": params, "batch_stats": batch_stats}, **model_inputs(batch))
     if class_mask is not None:  # e.g. ImageNet-A: predict among its 200 classes only
         logits = jnp.where(class_mask, logits, -jnp.inf)
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]  # top-5 is top-all below 5 classes
@@ -30,7 +42,11 @@ def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, mod
         mask = mask * (jnp.sum(batch["real"], axis=1) > 0)  # ReaL leaves out images without any real label
     else:
         hits = (top5 == batch["label"][:, None]).astype(jnp.float32)
-    return {"top1": jnp.sum(hits[:, 0] * mask), "top5": jnp.sum(jnp.max(hits, axis=1) * mask), "count": jnp.sum(mask)}
+    counts = {"top1": jnp.sum(hits[:, 0] * mask), "top5": jnp.sum(jnp.max(hits, axis=1) * mask), "count": jnp.sum(mask)}
+    if confusion:
+        classes = logits.shape[-1]
+        counts["confusion"] = jnp.zeros((classes, classes)).at[batch["label"], top5[:, 0]].add(mask)
+    return counts
 
 
 @dataclasses.dataclass
@@ -40,6 +56,7 @@ class EvalSet:
     split: str
     multi_label: bool
     class_mask: np.ndarray | None
+    mcc: bool  # also report Matthews' correlation (CoLA's metric)
 
 
 def resolve_evals(config: Any, train_source: Any, num_classes: int) -> list[EvalSet]:
@@ -75,7 +92,7 @@ def resolve_evals(config: Any, train_source: Any, num_classes: int) -> list[Eval
         if source.num_classes != num_classes:
             raise UserError(f"evals.{name}: {dataset} has {source.num_classes} classes, the model {num_classes}")
         class_mask = pipeline.label_subset(source, split) if entry.label_subset else None
-        sets.append(EvalSet(name, source, split, entry.multi_label, class_mask))
+        sets.append(EvalSet(name, source, split, entry.multi_label, class_mask, entry.mcc))
     return sets
 
 
@@ -86,29 +103,28 @@ class Evaluator:
         self.config, self.model, self.eval_sets, self.mesh = config, model, eval_sets, mesh
         replicated = sharding.replicated(mesh)
         step = functools.partial(eval_step, model=model)
-        self.steps = {s.name: jax.jit(functools.partial(step, class_mask=s.class_mask), out_shardings=replicated)
-                      for s in eval_sets}  # fmt: skip
+        self.steps = {
+            s.name: jax.jit(functools.partial(step, class_mask=s.class_mask, confusion=s.mcc), out_shardings=replicated)
+            for s in eval_sets
+        }
         self.batch_sharding = sharding.batch_sharding(mesh)
 
     def __call__(self, params: Any, batch_stats: Any) -> dict[str, float]:
-        from sot_jax.data import pipeline
+        from sot_jax import data
 
-        config, results = self.config, {}
+        results = {}
         for eval_set in self.eval_sets:
-            totals = {"top1": 0.0, "top5": 0.0, "count": 0.0}
-            batches = pipeline.eval_batches(
-                eval_set.source, eval_set.split, image_size=self.model.img_size, crop_pct=config.input.eval_crop_pct,
-                global_batch=config.eval_batch_size or config.batch_size, multi_label=eval_set.multi_label,
-                skip_bad_images=config.input.skip_bad_images, process_index=jax.process_index(),
-                process_count=jax.process_count(),
-            )  # fmt: skip
+            totals: dict[str, Any] = {}
+            batches = data.eval_batches(eval_set.source, eval_set.split, self.config, self.model, eval_set.multi_label)
             for local in batches:
                 batch = sharding.global_batch(local, self.batch_sharding)
                 counts = self.steps[eval_set.name](params, batch_stats, batch)
-                totals = {k: totals[k] + float(v) for k, v in counts.items()}
-            count = max(totals["count"], 1.0)
-            results[f"{eval_set.name}_top1"] = 100 * totals["top1"] / count
-            results[f"{eval_set.name}_top5"] = 100 * totals["top5"] / count
+                totals = {k: totals.get(k, 0.0) + np.asarray(v, np.float64) for k, v in counts.items()}
+            count = max(float(totals["count"]), 1.0)
+            results[f"{eval_set.name}_top1"] = 100 * float(totals["top1"]) / count
+            results[f"{eval_set.name}_top5"] = 100 * float(totals["top5"]) / count
+            if eval_set.mcc:
+                results[f"{eval_set.name}_mcc"] = 100 * data.text.matthews_corrcoef(totals["confusion"])
         return results
 
 

@@ -75,6 +75,11 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax reports every save at INFO
     config = _CONFIG.value
+    if config.dry_run:  # the resolved recipe, before any data, device or workdir is touched
+        from sot_jax import recipes
+
+        print(recipes.describe(config))
+        return
     if not config.eval_only and not _WORKDIR.value:
         raise UserError("--workdir is required for training")
     initialize_distributed()

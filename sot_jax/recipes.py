@@ -22,17 +22,18 @@ MODEL_OPTIONS = {
 }  # fmt: skip
 # Keys of an evals entry: dataset and data_dir ("" = the config's), split ("" = the dataset's validation split),
 # optional (skipped with one warning line when not prepared), label_subset (predict among the classes present,
-# ImageNet-A), multi_label (ImageNet-ReaL's real labels).
-EVAL_KEYS = ("dataset", "data_dir", "split", "optional", "label_subset", "multi_label")
+# ImageNet-A), multi_label (ImageNet-ReaL's real labels), mcc (also log Matthews' correlation, CoLA's metric).
+EVAL_KEYS = ("dataset", "data_dir", "split", "optional", "label_subset", "multi_label", "mcc")
 
 
 def eval_set(
-    dataset: str = "", split: str = "", optional: bool = False, label_subset: bool = False, multi_label: bool = False
+    dataset: str = "", split: str = "", optional: bool = False, label_subset: bool = False, multi_label: bool = False,
+    mcc: bool = False,
 ) -> ml_collections.ConfigDict:
     """One `config.evals` entry (see EVAL_KEYS)."""
     return ml_collections.ConfigDict(
         {"dataset": dataset, "data_dir": "", "split": split, "optional": optional, "label_subset": label_subset,
-         "multi_label": multi_label}
+         "multi_label": multi_label, "mcc": mcc}
     )  # fmt: skip
 
 
@@ -56,11 +57,15 @@ def base_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 50
     config.eval_every_steps = 0  # 0: once per epoch
     config.checkpoint_every_steps = 1000
-    config.keep_checkpoints = 3  # the latest ones, plus the best by validation top-1
+    config.keep_checkpoints = 3  # the latest ones, plus the best by `best_metric`
     config.eval_batch_size = 0  # 0: batch_size
     config.sharding = "data"  # "data" (replicated parameters) or "fsdp" (parameters and optimizer state sharded)
     config.init_from = ""  # a converted or trained checkpoint to start from (fine-tuning re-inits the classifier)
     config.eval_only = False
+    config.dry_run = False  # True: print the resolved recipe (`describe`) and exit, touching no data
+    # The checkpoint kept as best: an eval metric ("val_top1", "ema_val_top1" for the EMA weights, ...); "auto":
+    # ema_val_top1 with EMA on (the SoT and LV-ViT scripts), else val_top1.
+    config.best_metric = "auto"
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "deit_small_sot"
@@ -75,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.input.eval_crop_pct = 0.875  # resize 256, centre-crop 224
     config.input.crop_scale = (0.08, 1.0)
     config.input.crop_ratio = (3 / 4, 4 / 3)
+    config.input.interpolation = "random"  # crop resize and RandAugment's geometric ops: bicubic, bilinear, random
     config.input.hflip = True
     config.input.randaugment_layers = 2  # rand-m9-mstd0.5-inc1
     config.input.randaugment_magnitude = 9.0
@@ -88,11 +94,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.aug.mixup = 0.8
     config.aug.cutmix = 1.0
     config.aug.mix_switch_prob = 0.5
+    config.aug.mix_group_size = 0  # >0: one Mixup/CutMix draw per group of that many images (a GPU's batch); 0: all
+    config.aug.erase_after_mix = True  # SoT's order (timm's prefetcher); False: erase each image first (DeiT, HVT)
     config.aug.mix_token = False  # LV-ViT's MixToken (replaces Mixup/CutMix in its recipe)
     config.aug.label_smoothing = 0.1
 
     # AdamW, timm's cosine schedule stepped per epoch, warmup and cooldown.
     config.optim = ml_collections.ConfigDict()
+    config.optim.schedule = "cosine_epochs"  # timm's cosine stepped per epoch; "linear": per step to 0 (GLUE)
     config.optim.lr_base_batch = 0  # >0: the rate is lr · batch_size / lr_base_batch (HVT's rule)
     config.optim.weight_decay = 0.03
     config.optim.no_weight_decay = ()  # parameter names excluded from weight decay besides 1-D ones
@@ -104,11 +113,29 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.cooldown_epochs = 10
     config.optim.warmup_lr = 1e-6
     config.optim.min_lr = 1e-5
+    config.optim.schedule_epoch_offset = 0  # 1: each epoch's rate one epoch late (DeiT's and HVT's scripts)
     config.optim.ema_decay = 0.99996  # 0: no EMA
     config.optim.sum_loss_weights = (1.0, 1.0)  # (class-token loss, other loss): sum_loss fusion; LV-ViT (cls, dense)
 
     config.evals = ml_collections.ConfigDict({"val": eval_set(), **IMAGENET_EVALS})
     return config
+
+
+def best_metric(config: ml_collections.ConfigDict) -> str:
+    """`config.best_metric`, checked against the metrics every evaluation logs: top-1/top-5 (and mcc where asked)
+    of a non-optional eval set, with the "ema_" prefix only when EMA is on; "auto" is ema_val_top1 with EMA on
+    (the official SoT and LV-ViT scripts rank checkpoints by the EMA weights), else val_top1 (DeiT, HVT)."""
+    ema = config.optim.ema_decay > 0
+    metrics = []
+    for name, entry in config.evals.items():
+        if not entry.optional:
+            metrics += [f"{name}_top1", f"{name}_top5"] + ([f"{name}_mcc"] if entry.get("mcc") else [])
+    metrics += [f"ema_{m}" for m in metrics] if ema else []
+    metric = config.best_metric
+    if metric == "auto":
+        metric = "ema_val_top1" if ema else "val_top1"
+    check_choice("best_metric", metric, tuple(metrics))
+    return metric
 
 
 def model_overrides(model_config: ml_collections.ConfigDict) -> dict:
@@ -129,6 +156,20 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int):
 
 def unknown_variant(variant: str, variants) -> UserError:
     return UserError(f"unknown config variant {variant!r}; choose one of {', '.join(variants)}")
+
+
+def deit_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """DeiT's main.py (timm 0.3.2), which HVT's main.py copies: lr scaled by batch / 512, 300 epochs without the
+    cooldown (the loop stops before it) and each epoch's rate one epoch late (`scheduler.step(epoch)`), no EMA,
+    repeated augmentation ×3, bicubic interpolation, erasing each image before Mixup/CutMix."""
+    config.optim.lr_base_batch = 512
+    config.optim.cooldown_epochs = 0
+    config.optim.schedule_epoch_offset = 1
+    config.optim.ema_decay = 0.0
+    config.input.repeated_aug = 3
+    config.input.interpolation = "bicubic"
+    config.aug.erase_after_mix = False
+    return config
 
 
 def digits_demo(config: ml_collections.ConfigDict, model: str, **model_options) -> ml_collections.ConfigDict:
@@ -157,3 +198,87 @@ def digits_demo(config: ml_collections.ConfigDict, model: str, **model_options) 
     config.eval_every_steps = 110  # every 5 epochs of 22 steps
     config.checkpoint_every_steps = 110
     return config
+
+
+# Training-split sizes, so that a dry run gives steps without reading (or preparing) the data.
+KNOWN_TRAIN_EXAMPLES = {
+    ("imagenet2012", "train"): 1_281_167, ("digits", "train"): 1_437, ("brackets", "train"): 8_000,
+    ("glue/cola", "train"): 8_551, ("glue/rte", "train"): 2_490, ("glue/mnli", "train"): 392_702,
+    ("glue/qnli", "train"): 104_743, ("glue/sst2", "train"): 67_349,
+}  # fmt: skip
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+    """The resolved recipe, as `--config.dry_run=True` prints it: model, optimizer, schedule length in epochs and
+    steps, the rate after warmup, augmentation, EMA, best-checkpoint metric and evaluation."""
+    import numpy as np
+
+    from sot_jax import optim
+
+    o, i, a = config.optim, config.input, config.aug
+    epochs = o.num_epochs + o.cooldown_epochs
+    count = KNOWN_TRAIN_EXAMPLES.get((config.dataset, i.train_split))
+    epoch_steps = count // config.batch_size if count else None
+    if config.total_steps:
+        steps = f"{config.total_steps} steps (total_steps: the schedule squeezed into them)"
+    elif epoch_steps:
+        steps = f"{epoch_steps * epochs} steps ({epoch_steps} per epoch: {count:,} {config.dataset} examples // batch)"
+    else:
+        steps = f"steps per epoch unknown until the data is read ({config.dataset}:{i.train_split} is not in the table)"
+    peak = optim.peak_lr(config)
+    rule = f"{config.lr:g} · batch / {o.lr_base_batch}" if o.lr_base_batch else "as given, whatever the batch"
+    warmed = o.warmup_epochs + o.schedule_epoch_offset  # the first training epoch past warmup
+    late = f"; each epoch's rate {o.schedule_epoch_offset} epoch(s) late" if o.schedule_epoch_offset else ""
+    crop = f"random resized crop {tuple(i.crop_scale)} × aspect {tuple(round(r, 3) for r in i.crop_ratio)}"
+    train_aug = [f"{crop} ({i.interpolation})"] + (["hflip"] if i.hflip else [])
+    if i.randaugment_layers:
+        train_aug.append(
+            f"RandAugment n{i.randaugment_layers} m{i.randaugment_magnitude:g} mstd{i.randaugment_std:g} "
+            f"(geometric ops {i.interpolation})"
+        )
+    if i.repeated_aug > 1:
+        train_aug.append(f"repeated augmentation ×{i.repeated_aug}")
+    batch_aug = [f"random erasing {a.random_erasing:g}"] if a.random_erasing else []
+    if a.mixup or a.cutmix:
+        groups = f"one draw per {a.mix_group_size} images" if a.mix_group_size else "one draw per batch"
+        mix = f"mixup {a.mixup:g} / cutmix {a.cutmix:g} (switch {a.mix_switch_prob:g}, {groups})"
+        batch_aug.insert(0 if a.erase_after_mix else len(batch_aug), mix)
+    if a.mix_token:
+        batch_aug.append("MixToken")
+    batch_aug.append(f"label smoothing {a.label_smoothing:g}")
+    if o.schedule == "linear":
+        schedule = [f"schedule: linear from {peak:g} to 0 over {epochs} epochs = {steps}; warmup {o.warmup_epochs}"]
+    else:
+        schedule = [
+            f"schedule: {o.num_epochs} epochs + {o.cooldown_epochs} cooldown = {epochs} epochs = {steps}",
+            f"  warmup {o.warmup_epochs} epochs from {o.warmup_lr:g}{late}; lr at warmup end (epoch {warmed}): "
+            f"{float(optim.epoch_lr(config, warmed)):.4g}; cosine to {o.min_lr:g}",
+        ]
+    sets = ", ".join(f"{k}{' (optional)' if v.optional else ''}" for k, v in config.evals.items())
+    if "img_size" in config.model:
+        resize = int(np.floor(config.model.img_size / i.eval_crop_pct))
+        inputs = [
+            "augmentation (tf.data): " + ", ".join(train_aug),
+            "augmentation (accelerator, in order): " + ", ".join(batch_aug),
+            f"eval: resize {resize} bicubic, centre crop {config.model.img_size} (crop_pct {i.eval_crop_pct:g}); "
+            f"sets {sets}",
+        ]
+    else:  # text
+        vocab = config.get("vocab") or "the dataset's own"
+        inputs = [
+            f"text: max_seq_length {i.max_seq_length}, vocabulary {vocab}, lower_case {i.lower_case}; "
+            f"label smoothing {a.label_smoothing:g}",
+            f"eval sets {sets}",
+        ]
+    clip = f", gradient clipping {o.grad_clip_norm:g}" if o.grad_clip_norm else ""
+    lines = [
+        f"model {config.model.name} ({config.model.dtype}), dataset {config.dataset}, batch {config.batch_size}",
+        f"AdamW b1 {o.b1:g} b2 {o.b2:g} eps {o.eps:g}, weight decay {o.weight_decay:g}, peak lr {peak:g} ({rule})"
+        + clip,
+        *schedule,
+        *inputs[:-1],
+        f"EMA {o.ema_decay:g}; best checkpoint by {best_metric(config)}" if o.ema_decay else
+        f"no EMA; best checkpoint by {best_metric(config)}",
+        inputs[-1],
+    ]  # fmt: skip
+    return "\n".join(lines)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
 
-from sot_jax import augment, checkpoints, evaluate, models, optim, recipes, sharding, token_labels
+from sot_jax import augment, checkpoints, evaluate, models, optim, recipes, seeds, sharding, token_labels
 from sot_jax.errors import UserError, check_choice
 
 
@@ -92,40 +92,59 @@ def classification_loss(
     return weights[0] * jnp.mean(optax.softmax_cross_entropy(outputs.cls, targets)) + weights[1] * other
 
 
+def augment_images(
+    key: jax.Array, batch: dict[str, jax.Array], model: Any, aug: Any
+) -> tuple[dict[str, jax.Array], jax.Array, jax.Array | None]:
+    """The model's inputs and targets for an image batch: normalize, erase and Mixup/CutMix (in the order
+    `aug.erase_after_mix` gives), or token label maps' targets, or MixToken (`aug` is the config's `aug` group).
+    Returns (inputs, targets, token targets)."""
+    erase_key, mix_key, token_key = jax.random.split(key, 3)
+    erase = functools.partial(augment.random_erasing, erase_key, probability=aug.random_erasing)
+    if "token_label_classes" in batch:  # token label maps give both targets (no Mixup/CutMix)
+        images = erase(augment.normalize(batch["image"]))
+        targets, token_targets = token_labels.dense_targets(
+            batch["token_label_classes"], batch["token_label_weights"], model.num_classes, aug.label_smoothing
+        )
+    else:
+        targets, token_targets = augment.smooth_one_hot(batch["label"], model.num_classes, aug.label_smoothing), None
+        mix = functools.partial(
+            augment.mixup_cutmix, mix_key, mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix,
+            switch_prob=aug.mix_switch_prob, group_size=aug.mix_group_size,
+        )  # fmt: skip
+        if aug.erase_after_mix:  # SoT's timm 0.3.4 prefetcher: the collate mixes uint8 images (rounded), then erase
+            images, targets = mix(batch["image"].astype(jnp.float32), targets)
+            images = erase(augment.normalize(jnp.round(images)))
+        else:  # DeiT and HVT erase in each image's transform and mix the batch after
+            images, targets = mix(erase(augment.normalize(batch["image"])), targets)
+    mix_box = None
+    if aug.mix_token:  # token outputs come back un-mixed, so only the class target mixes
+        mix_box, lam = token_labels.mix_token_box(token_key, model.grid)
+        targets = lam * targets + (1 - lam) * targets[::-1]
+    return {"images": images, "mix_box": mix_box}, targets, token_targets
+
+
 def train_step(
     state: TrainState, batch: dict[str, jax.Array], *, model: Any, tx: Any, schedule: Callable, config: Any
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step (with `grad_accum_steps` micro-batches): augment (erasing, Mixup/CutMix or MixToken),
-    forward, backward, AdamW, EMA."""
+    """One optimizer step (with `grad_accum_steps` micro-batches): augment images (`augment_images`; text batches
+    go in as they are), forward, backward, AdamW, EMA."""
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    num_classes, aug = model.num_classes, config.aug
     accum = config.optim.grad_accum_steps
     micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
 
     def micro_step(carry, inputs):
         grads_sum, loss_sum, batch_stats = carry
         index, micro_batch = inputs
-        key = jax.random.fold_in(rng, index)
-        erase_key, mix_key, token_key, dropout_key = jax.random.split(key, 4)
-        images = augment.normalize(micro_batch["image"])
-        images = augment.random_erasing(erase_key, images, aug.random_erasing)
-        if "token_label_classes" in micro_batch:  # token label maps give both targets (no Mixup/CutMix)
-            targets, token_targets = token_labels.dense_targets(
-                micro_batch["token_label_classes"], micro_batch["token_label_weights"], num_classes,
-                aug.label_smoothing,
-            )  # fmt: skip
+        augment_key, dropout_key = jax.random.split(jax.random.fold_in(rng, index))
+        if "image" in micro_batch:
+            model_inputs, targets, token_targets = augment_images(augment_key, micro_batch, model, config.aug)
         else:
-            targets = augment.smooth_one_hot(micro_batch["label"], num_classes, aug.label_smoothing)
-            images, targets = augment.mixup_cutmix(mix_key, images, targets, aug.mixup, aug.cutmix, aug.mix_switch_prob)
-            token_targets = None
-        mix_box = None
-        if aug.mix_token:  # token outputs come back un-mixed, so only the class target mixes
-            mix_box, lam = token_labels.mix_token_box(token_key, model.grid)
-            targets = lam * targets + (1 - lam) * targets[::-1]
+            model_inputs, token_targets = evaluate.model_inputs(micro_batch), None
+            targets = augment.smooth_one_hot(micro_batch["label"], model.num_classes, config.aug.label_smoothing)
 
         def loss_fn(params):
             outputs, updates = model.apply(
-                {"params": params, "batch_stats": batch_stats}, images, train=True, mix_box=mix_box,
+                {"params": params, "batch_stats": batch_stats}, **model_inputs, train=True,
                 rngs={"dropout": dropout_key}, mutable=["batch_stats"],
             )  # fmt: skip
             loss = classification_loss(outputs, targets, tuple(config.optim.sum_loss_weights), token_targets)
@@ -179,8 +198,8 @@ def with_fresh_ema(state: TrainState) -> TrainState:
 def initial_state(model: Any, config: Any, total_steps: int) -> TrainState:
     """A fresh TrainState for `config` (parameters from `config.seed`); jit it with the state's out_shardings."""
     init_key, base_key = jax.random.split(jax.random.key(config.seed))
-    images = jnp.zeros(models.example_images(model).shape, jnp.float32)
-    variables = model.init({"params": init_key}, images)
+    inputs = {k: jnp.zeros(x.shape, x.dtype) for k, x in models.example_inputs(model).items()}
+    variables = model.init({"params": init_key}, **inputs)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     tx, _ = optim.make_optimizer(config, params, total_steps)
     ema = config.optim.ema_decay > 0
@@ -320,7 +339,7 @@ class Loop:
                 if step % eval_every == 0 or step == total_steps:
                     evaluated = self.evaluate(step, state)
                 if evaluated is not None or step % config.checkpoint_every_steps == 0 or step == total_steps:
-                    self.save(step, state, {"val_top1": evaluated["val_top1"]} if evaluated else None)
+                    self.save(step, state, evaluated)  # every metric: config.best_metric picks the ranking one
                 if stopper.should_stop(step):
                     if self.last_saved != step:
                         self.save(step, state)
@@ -339,7 +358,7 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
     """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
     `after_step(step)` is called after each step (a hook for profiling or tests)."""
-    from sot_jax.data import pipeline, sources  # TensorFlow is only needed where data is read
+    from sot_jax import data  # TensorFlow is only needed where data is read
 
     # Set up: check the config, find the workdir.
     validate_config(config, jax.device_count(), jax.process_count())
@@ -349,8 +368,8 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
         workdir.mkdir(parents=True, exist_ok=True)
 
     # Data: the training source, and the schedule's length in steps.
-    source = sources.get_source(config.dataset, config.data_dir, prepare_embedded=is_main)
-    epoch_steps = pipeline.steps_per_epoch(source, config.input.train_split, config.batch_size)
+    source = data.sources.get_source(config.dataset, config.data_dir, prepare_embedded=is_main)
+    epoch_steps = data.pipeline.steps_per_epoch(source, config.input.train_split, config.batch_size)
     total_steps = config.total_steps or epoch_steps * (config.optim.num_epochs + config.optim.cooldown_epochs)
     eval_every = config.eval_every_steps or epoch_steps
 
@@ -383,10 +402,7 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
     # Step: jitted over the mesh; batches from this workdir's step on.
     step_fn = jit_train_step(model, tx, schedule, config, shardings, batch_sharding)
     start = int(state.step)
-    batches = pipeline.train_batches(
-        source, config.input, image_size=model.img_size, seed=config.seed, global_batch=config.batch_size,
-        start_step=start, process_index=jax.process_index(), process_count=jax.process_count(), token_grid=model.grid,
-    )  # fmt: skip
+    batches = data.train_batches(source, config, model, start)
 
     # Loop: steps, logs, evaluations, checkpoints, until total_steps or SIGTERM.
     log = MetricsLog(workdir, is_main)
@@ -401,4 +417,8 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
     finally:
         manager.wait_until_finished()
         stopper.close()
+    if is_main and int(state.step) == total_steps:  # the dev score both ways, as GLUE results are reported
+        metric = recipes.best_metric(config)
+        final, best, best_step = seeds.final_and_best(workdir, metric)
+        print(f"{metric}: final {final:.2f}, best {best:.2f} (step {best_step})", flush=True)
     return state

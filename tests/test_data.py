@@ -154,7 +154,7 @@ def test_image_folders_read_in_imagefolder_order_with_resumable_slices(tmp_path)
     np.testing.assert_array_equal(np.bincount(source.labels("val")), [2, 2, 2])
     config = {"train_split": "train", "crop_scale": (1.0, 1.0), "crop_ratio": (1.2, 1.2), "hflip": False,
               "randaugment_layers": 0, "randaugment_magnitude": 9.0, "randaugment_std": 0.5, "repeated_aug": 1,
-              "token_label_dir": "", "skip_bad_images": False}  # fmt: skip
+              "token_label_dir": "", "skip_bad_images": False, "interpolation": "bicubic"}  # fmt: skip
     import ml_collections
 
     config = ml_collections.ConfigDict(config)

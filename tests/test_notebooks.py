@@ -10,7 +10,8 @@ NOTEBOOKS = sorted((ROOT / "colabs").glob("*.ipynb"))
 
 
 def test_every_notebook_is_here_and_saved_without_outputs():
-    assert {p.name for p in NOTEBOOKS} == {"quickstart.ipynb", "train_and_finetune.ipynb", "svpn_explorer.ipynb"}
+    expected = {"quickstart.ipynb", "train_and_finetune.ipynb", "svpn_explorer.ipynb", "text_finetune.ipynb"}
+    assert {p.name for p in NOTEBOOKS} == expected
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
         code = [cell for cell in notebook.cells if cell.cell_type == "code"]
@@ -30,6 +31,11 @@ EXPECTED = {
         r"gram_eigh +relative error vs exact \(float64\): median \d\.\d\de-0[3-9]",
         r"svd +relative error vs exact \(float64\): median \d\.\d\de-0[3-9]",
         r"newton_schulz +\S+ +[\d.]+e",
+    ],  # fmt: skip
+    "text_finetune.ipynb": [
+        r"val_mcc: final -?\d+\.\d\d, best",
+        r"the shares sum to each visual margin \(max error \d\.\de-0[4-9]\)",
+        r"bracket +\d\.\d{3} +[+-]\d\.\d{3} +[+-]\d\.\d{3} +[+-]\d\.\d{3}",
     ],  # fmt: skip
 }
 

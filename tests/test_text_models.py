@@ -432,3 +432,35 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
         lambda v: model.apply(v, method=lambda m: (m.encode(ids, mask), m(ids, mask))), variables
     )
     assert hidden.dtype == jnp.bfloat16 and logits.dtype == jnp.float32 and logits.shape == (3, 3)
+
+
+def test_convert_cli_writes_a_checkpoint_that_loads_with_hf_logits(tmp_path, torch, transformers):
+    from sot_jax import checkpoints, convert
+
+    class_name, make_config, _ = HF_CASES["bert"]
+    hf = randomized(getattr(transformers, class_name)(make_config(transformers)), torch)
+    hf.save_pretrained(tmp_path / "hf")
+    ids, mask, types = padded_batch(0, types=True)
+    with torch.no_grad():
+        expected = hf(**_torch_inputs(torch, ids, mask, types)).logits.numpy()
+    convert.main(["--model", "bert_base", "--checkpoint", str(tmp_path / "hf"), "--output", str(tmp_path / "out")])
+    model, variables, metadata = checkpoints.load_model(tmp_path / "out")
+    assert metadata["model"] == "bert_base" and metadata["source"] == str(tmp_path / "hf")
+    with jax.default_matmul_precision("highest"):
+        inputs = {"attention_mask": jnp.asarray(mask), "token_type_ids": jnp.asarray(types)}
+        logits = model.apply(variables, jnp.asarray(ids), **inputs)
+    assert rel_err(logits, expected) < TOL
+    with pytest.raises(SystemExit, match="error: .*gpt2"):  # another architecture's checkpoint is refused
+        convert.main(["--model", "gpt2", "--checkpoint", str(tmp_path / "hf"), "--output", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
+
+
+def test_embedding_lookup_has_the_gradient_of_take():
+    """The lookup's own backward (one unfused scatter-add) equals autodiff through jnp.take, repeated ids included."""
+    table = jnp.asarray(np.random.default_rng(0).normal(size=(7, 3)), jnp.float32)
+    ids = jnp.array([[0, 0, 5, 0], [6, 5, 0, 2]])
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 3)), jnp.float32)
+    np.testing.assert_array_equal(bert.embedding_lookup(table, ids), jnp.take(table, ids, axis=0))
+    ours = jax.grad(lambda t: jnp.sum(jnp.sin(bert.embedding_lookup(t, ids)) * weights))(table)
+    autodiff = jax.grad(lambda t: jnp.sum(jnp.sin(jnp.take(t, ids, axis=0)) * weights))(table)
+    np.testing.assert_allclose(ours, autodiff, rtol=1e-6)

@@ -60,7 +60,7 @@ def test_checkpoints_keep_the_latest_and_the_best(tiny_config, tmp_path):
     train.train_and_evaluate(config, tmp_path)
     evals = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "val_top1" in r]
     assert [r["step"] for r in evals] == [2, 4, 6, 8]
-    best = max(evals, key=lambda r: (r["val_top1"], -r["step"]))["step"]
+    best = max(evals, key=lambda r: (r["val_top1"], r["step"]))["step"]  # Orbax's BestN keeps the later of ties
     kept = {int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()}
     assert kept == {6, 8, best}
     train_rows = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r]

@@ -1,5 +1,76 @@
-"""TFDS dataset builders shipped with sot_jax (importing this package registers them)."""
+"""The input side of training: sources (`sources`: TFDS, image folders; `text`: GLUE and the embedded `brackets`),
+the tf.data image pipeline (`pipeline`, `randaugment`, `label_maps`), the text batches (`text`), and the embedded
+datasets (`digits`, `brackets`, registered with TFDS on import).
 
-from sot_jax.data.digits import Digits
+`train_batches` and `eval_batches` give a trainer config's batches of either kind, as numpy arrays per process.
+"""
 
-__all__ = ["Digits"]
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from sot_jax.data import brackets, digits, pipeline, sources, text
+from sot_jax.errors import UserError
+
+__all__ = ["brackets", "digits", "eval_batches", "pipeline", "sources", "text", "train_batches"]
+
+
+@functools.cache
+def _load_tokenizer(vocab: str, lower_case: bool) -> text.Tokenizer:
+    return text.load_tokenizer(vocab, lower_case)
+
+
+def tokenizer(source: text.TextSource, config: Any) -> text.Tokenizer:
+    """`config.vocab`'s tokenizer (one per vocabulary and casing: the source caches encodings per tokenizer); the
+    embedded `brackets` task brings its own vocabulary."""
+    vocab = config.get("vocab", "")
+    if not vocab:
+        if source.name != brackets.BRACKETS_NAME:
+            raise UserError(f"{source.name} needs vocab=PATH (the model's vocab.txt, or a folder with vocab.json)")
+        vocab = str(brackets.vocab_file(source.builder.data_dir))
+    return _load_tokenizer(vocab, bool(config.input.get("lower_case", False)))
+
+
+def _for_model(batches: Iterator[dict[str, np.ndarray]], model: Any) -> Iterator[dict[str, np.ndarray]]:
+    """GPT gets no token types: HF's GPT adds the token embedding of any type ids it is given."""
+    if getattr(model, "family", None) not in ("gpt", "gpt2"):
+        return batches
+    return ({k: v for k, v in batch.items() if k != "token_type_ids"} for batch in batches)
+
+
+def train_batches(source: sources.Source, config: Any, model: Any, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's training batches from `start_step` on, images or text depending on the source."""
+    process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    if isinstance(source, text.TextSource):
+        batches = text.text_train_batches(
+            source, tokenizer(source, config), max_seq_length=config.input.max_seq_length, seed=config.seed,
+            global_batch=config.batch_size, start_step=start_step, split=config.input.train_split, **process,
+        )  # fmt: skip
+        return _for_model(batches, model)
+    return pipeline.train_batches(
+        source, config.input, image_size=model.img_size, seed=config.seed, global_batch=config.batch_size,
+        start_step=start_step, token_grid=model.grid, **process,
+    )  # fmt: skip
+
+
+def eval_batches(
+    source: sources.Source, split: str, config: Any, model: Any, multi_label: bool = False
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's slices of every example of `split` once, padded to whole global batches (`mask`)."""
+    process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    global_batch = config.eval_batch_size or config.batch_size
+    if isinstance(source, text.TextSource):
+        batches = text.text_eval_batches(
+            source, split, tokenizer(source, config), max_seq_length=config.input.max_seq_length,
+            global_batch=global_batch, **process,
+        )  # fmt: skip
+        return _for_model(batches, model)
+    return pipeline.eval_batches(
+        source, split, image_size=model.img_size, crop_pct=config.input.eval_crop_pct, global_batch=global_batch,
+        multi_label=multi_label, skip_bad_images=config.input.skip_bad_images, **process,
+    )  # fmt: skip

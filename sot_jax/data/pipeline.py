@@ -25,41 +25,74 @@ import tensorflow as tf
 from sot_jax.data import randaugment
 from sot_jax.data.label_maps import LabelMaps, sample_label_map
 from sot_jax.data.sources import FolderSource, Source
-from sot_jax.errors import UserError
+from sot_jax.errors import UserError, check_choice
 
 
 def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
 
 
-def _resize(image: tf.Tensor, size: tuple[int, int] | tf.Tensor) -> tf.Tensor:
-    resized = tf.image.resize(image, size, method="bicubic")
+INTERPOLATIONS = ("bicubic", "bilinear", "random")
+
+
+def _resize(image: tf.Tensor, size: tuple[int, int] | tf.Tensor, method: str = "bicubic") -> tf.Tensor:
+    """Resize like PIL (what torchvision and timm call): antialiased, so downscaling widens the kernel."""
+    resized = tf.image.resize(image, size, method=method, antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def crop_window(shape: tf.Tensor, seed: tf.Tensor, scale: tuple[float, float], ratio: tuple[float, float]) -> tf.Tensor:
+    """timm's `RandomResizedCropAndInterpolation.get_params` (timm 0.3.x/0.4.x), stateless: of 10 draws of an area
+    uniform in `scale` × the image area and a log-uniform aspect ratio w/h in `ratio`, the first that fits, at
+    offsets uniform in [0, H − h] × [0, W − w]; none fits: the centre crop of the aspect clamped to `ratio`.
+    `shape` is (H, W, ...); returns int32 (top, left, height, width)."""
+    height, width = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
+    area_seed, ratio_seed, top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    area = tf.random.stateless_uniform([10], area_seed, scale[0], scale[1], tf.float64) * height * width
+    log_ratio = tf.random.stateless_uniform([10], ratio_seed, math.log(ratio[0]), math.log(ratio[1]), tf.float64)
+    # tf.round rounds half to even, as Python's round does.
+    w, h = tf.round(tf.sqrt(area * tf.exp(log_ratio))), tf.round(tf.sqrt(area / tf.exp(log_ratio)))
+    fits = (w <= width) & (h <= height) & (w > 0) & (h > 0)  # > 0: only tiny images can round to nothing
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    low, high = min(ratio), max(ratio)
+    aspect = width / height
+    fallback_w = tf.where(aspect > high, tf.round(height * high), width)
+    fallback_h = tf.where(aspect < low, tf.round(width / low), height)
+    found = tf.reduce_any(fits)
+    h = tf.cast(tf.where(found, h[first], fallback_h), tf.int32)
+    w = tf.cast(tf.where(found, w[first], fallback_w), tf.int32)
+    rows, cols = tf.cast(shape[0], tf.int32), tf.cast(shape[1], tf.int32)
+    top = tf.where(found, tf.random.stateless_uniform([], top_seed, 0, rows - h + 1, tf.int32), (rows - h) // 2)
+    left = tf.where(found, tf.random.stateless_uniform([], left_seed, 0, cols - w + 1, tf.int32), (cols - w) // 2)
+    return tf.stack([top, left, h, w])
 
 
 def _random_resized_crop(
     image_bytes: tf.Tensor, seed: tf.Tensor, input_config: Any, image_size: int
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random area (crop_scale) and log-uniform aspect (crop_ratio) crop, resized bicubic to image_size; also the
-    crop box (top, left, bottom, right) as fractions of the image.
+    """timm's random resized crop (`crop_window`), resized to image_size with `input_config.interpolation`
+    ("random": bilinear or bicubic, a coin flip per image, as timm's); also the crop box (top, left, bottom,
+    right) as fractions of the image.
 
     JPEGs are decoded only inside the crop window."""
+    window_seed, method_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     is_jpeg = tf.io.is_jpeg(image_bytes)
     shape = tf.cond(is_jpeg, lambda: tf.image.extract_jpeg_shape(image_bytes), lambda: tf.shape(_decode(image_bytes)))
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, tf.zeros([1, 0, 4]), seed=seed, min_object_covered=0.0,
-        aspect_ratio_range=tuple(input_config.crop_ratio), area_range=tuple(input_config.crop_scale),
-        max_attempts=10, use_image_if_no_bounding_boxes=True,
-    )  # fmt: skip
-    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    window = crop_window(shape, window_seed, tuple(input_config.crop_scale), tuple(input_config.crop_ratio))
     crop = tf.cond(
         is_jpeg,
         lambda: tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3),
-        lambda: tf.slice(_decode(image_bytes), [begin[0], begin[1], 0], [size[0], size[1], 3]),
+        lambda: tf.slice(_decode(image_bytes), [window[0], window[1], 0], [window[2], window[3], 3]),
     )
+    size = (image_size, image_size)
+    if input_config.interpolation == "random":
+        bicubic = tf.random.stateless_uniform([], method_seed) < 0.5
+        image = tf.cond(bicubic, lambda: _resize(crop, size, "bicubic"), lambda: _resize(crop, size, "bilinear"))
+    else:
+        image = _resize(crop, size, input_config.interpolation)
     extent = tf.cast(tf.tile(shape[:2], [2]), tf.float32)
-    box = tf.cast(tf.concat([begin[:2], begin[:2] + size[:2]], 0), tf.float32) / extent
-    return _resize(crop, (image_size, image_size)), box
+    box = tf.cast(tf.concat([window[:2], window[:2] + window[2:]], 0), tf.float32) / extent
+    return image, box
 
 
 def train_preprocess(
@@ -68,6 +101,7 @@ def train_preprocess(
     """The training image, and its geometry (what a token label map needs to follow it): `box`, the crop as
     fractions of the original image (top, left, bottom, right); `flipped`; `affine`, RandAugment's output->input
     pixel map (3×3)."""
+    check_choice("input.interpolation", input_config.interpolation, INTERPOLATIONS)
     crop_seed, flip_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     image, box = _random_resized_crop(image_bytes, crop_seed, input_config, image_size)
     flipped = tf.constant(False)
@@ -78,22 +112,22 @@ def train_preprocess(
     if input_config.randaugment_layers > 0:
         image, affine = randaugment.randaugment(
             image, augment_seed, input_config.randaugment_layers, input_config.randaugment_magnitude,
-            input_config.randaugment_std,
+            input_config.randaugment_std, input_config.interpolation,
         )  # fmt: skip
     image = tf.ensure_shape(image, (image_size, image_size, 3))
     return image, {"box": box, "flipped": flipped, "affine": affine}
 
 
 def eval_preprocess(image_bytes: tf.Tensor, image_size: int, crop_pct: float) -> tf.Tensor:
-    """Resize the shorter side to image_size / crop_pct (bicubic), then centre-crop image_size."""
+    """timm's eval transform (torchvision 0.8 `Resize(floor(image_size / crop_pct))` bicubic, `CenterCrop`): the
+    shorter side to image_size / crop_pct, the longer one truncated as torchvision does, then the centre crop at
+    offsets rounded half to even (Python's round)."""
     image = _decode(image_bytes)
-    resize = int(math.floor(image_size / crop_pct))
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = resize / tf.reduce_min(shape)
-    new_shape = tf.cast(tf.round(shape * scale), tf.int32)
+    resize = math.floor(image_size / crop_pct)
+    shape = tf.cast(tf.shape(image)[:2], tf.float64)
+    new_shape = tf.cast(tf.floor(resize * shape / tf.reduce_min(shape)), tf.int32)
     image = _resize(image, new_shape)
-    top = (new_shape[0] - image_size) // 2
-    left = (new_shape[1] - image_size) // 2
+    top, left = tf.unstack(tf.cast(tf.round(tf.cast(new_shape - image_size, tf.float64) / 2), tf.int32))
     image = tf.slice(image, [top, left, 0], [image_size, image_size, 3])
     return tf.ensure_shape(image, (image_size, image_size, 3))
 

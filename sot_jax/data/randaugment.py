@@ -2,7 +2,8 @@
 
 Each of `num_layers` rounds picks one of 15 operations uniformly and applies it with probability 0.5, at a
 magnitude drawn from N(M, S) clipped to [0, 10] (the "increasing" variants: larger magnitude, stronger change).
-Geometric operations fill with timm's ImageNet mean colour. Images are uint8 (H, W, 3).
+Geometric operations sample as PIL does (bilinear or bicubic, see `_affine`) and fill with timm's ImageNet mean
+colour. Images are uint8 (H, W, 3).
 """
 
 from __future__ import annotations
@@ -64,18 +65,38 @@ def _sharpness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
     return _blend(tf.where(border, image, degenerate), image, factor)
 
 
-def _affine(image: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
-    """Apply an output->input affine map [a, b, c, d, e, f] (x_in = a x + b y + c, y_in = d x + e y + f)."""
-    transform = tf.concat([matrix, tf.zeros([2], tf.float32)], 0)[None]
-    channels = []
-    for c in range(3):  # one fill value per channel
-        channels.append(
-            tf.raw_ops.ImageProjectiveTransformV3(
-                images=image[None, ..., c : c + 1], transforms=transform, output_shape=tf.shape(image)[:2],
-                fill_value=float(FILL[c]), interpolation="BILINEAR", fill_mode="CONSTANT",
-            )[0]
-        )  # fmt: skip
-    return tf.concat(channels, -1)
+def _cubic_weights(d: tf.Tensor) -> list[tf.Tensor]:
+    """PIL's transform bicubic (Geometry.c's BICUBIC, a = -1) at taps -1, 0, 1, 2 for a fraction d in [0, 1)."""
+    d2, d3 = d * d, d * d * d
+    return [-d + 2 * d2 - d3, 1 - 2 * d2 + d3, d + d2 - d3, d3 - d2]
+
+
+def _affine(image: tf.Tensor, matrix: tf.Tensor, method: str) -> tf.Tensor:
+    """PIL's `Image.transform(AFFINE, resample, fillcolor)` (what timm's geometric ops call) for an output->input
+    map [a, b, c, d, e, f] in pixel indices (x_in = a x + b y + c, y_in = d x + e y + f): an output pixel whose
+    source lies off the image takes the fill colour; otherwise bilinear or bicubic (a = -1) interpolation with
+    neighbours clamped to the border, clipped and truncated to uint8, as PIL does."""
+    height, width = image.shape[0], image.shape[1]
+    rows, cols = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
+    a, b, c, d, e, f = tf.unstack(matrix)
+    x, y = a * cols + b * rows + c, d * cols + e * rows + f
+    inside = (x >= -0.5) & (x < width - 0.5) & (y >= -0.5) & (y < height - 0.5)  # PIL tests pixel edges
+    x0, y0 = tf.floor(x), tf.floor(y)
+    dx, dy = x - x0, y - y0
+    if method == "bicubic":
+        taps, x_weights, y_weights = (-1, 0, 1, 2), _cubic_weights(dx), _cubic_weights(dy)
+    else:
+        taps, x_weights, y_weights = (0, 1), [1 - dx, dx], [1 - dy, dy]
+    x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    pixels = tf.reshape(tf.cast(image, tf.float32), (height * width, 3))
+    value = tf.zeros((height, width, 3))
+    for i, y_weight in zip(taps, y_weights, strict=True):
+        row = tf.clip_by_value(y0 + i, 0, height - 1) * width
+        for j, x_weight in zip(taps, x_weights, strict=True):
+            gathered = tf.gather(pixels, row + tf.clip_by_value(x0 + j, 0, width - 1))
+            value += (y_weight * x_weight)[..., None] * gathered
+    value = tf.floor(tf.clip_by_value(value, 0.0, 255.0))
+    return tf.cast(tf.where(inside[..., None], value, tf.constant(FILL, tf.float32)), tf.uint8)
 
 
 def _rotation(size: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
@@ -93,16 +114,20 @@ def _homogeneous(matrix: tf.Tensor) -> tf.Tensor:
 IDENTITY = tf.constant([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 
 
-def apply_op(index: tf.Tensor, image: tf.Tensor, magnitude: tf.Tensor, sign: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Operation OPS[index] at `magnitude` in [0, 10]; `sign` (±1) negates the signed ones. Returns the image and
-    the output->input pixel map of the geometric ops as a 3×3 matrix (identity for the others)."""
+def apply_op(
+    index: tf.Tensor, image: tf.Tensor, magnitude: tf.Tensor, sign: tf.Tensor, bicubic: bool | tf.Tensor = False
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Operation OPS[index] at `magnitude` in [0, 10]; `sign` (±1) negates the signed ones; `bicubic` (a bool or a
+    scalar bool tensor) makes the geometric ops interpolate bicubic instead of bilinear. Returns the image and the
+    output->input pixel map of the geometric ops as a 3×3 matrix (identity for the others)."""
     level = magnitude / MAX_LEVEL
     size = tf.cast(tf.shape(image)[:2], tf.float32)
     enhance = 1.0 + sign * level * 0.9
 
-    def posterize():
-        shift = tf.cast(8 - (4 - tf.cast(level * 4, tf.int32)), tf.uint8)
-        return tf.bitwise.left_shift(tf.bitwise.right_shift(image, shift), shift)
+    def posterize():  # PIL's ImageOps.posterize: keep the top `bits` bits; 0 bits (magnitude 10) is black
+        bits = 4 - tf.cast(level * 4, tf.int32)
+        mask = -tf.bitwise.left_shift(1, 8 - bits)
+        return tf.cast(tf.bitwise.bitwise_and(tf.cast(image, tf.int32), mask), tf.uint8)
 
     def solarize_add():
         added = tf.clip_by_value(tf.cast(image, tf.int32) + tf.cast(level * 110, tf.int32), 0, 255)
@@ -113,7 +138,14 @@ def apply_op(index: tf.Tensor, image: tf.Tensor, magnitude: tf.Tensor, sign: tf.
         return _blend(tf.fill(tf.shape(image), tf.cast(tf.round(mean), tf.uint8)), image, enhance)
 
     def geometric(matrix):
-        return lambda: (_affine(image, matrix), matrix)
+        def warp():
+            return tf.cond(
+                tf.convert_to_tensor(bicubic),
+                lambda: _affine(image, matrix, "bicubic"),
+                lambda: _affine(image, matrix, "bilinear"),
+            )
+
+        return lambda: (warp(), matrix)
 
     def photometric(op):
         return lambda: (op(), IDENTITY)
@@ -132,8 +164,9 @@ def apply_op(index: tf.Tensor, image: tf.Tensor, magnitude: tf.Tensor, sign: tf.
         photometric(contrast),
         photometric(lambda: _blend(tf.zeros_like(image), image, enhance)),
         photometric(lambda: _sharpness(image, enhance)),
-        geometric(tf.stack([1.0, sign * level * 0.3, 0.0, 0.0, 1.0, 0.0])),
-        geometric(tf.stack([1.0, 0.0, 0.0, sign * level * 0.3, 1.0, 0.0])),
+        # PIL shears about the pixel edge (0, 0); in pixel indices that adds half the shear.
+        geometric(tf.stack([1.0, sign * level * 0.3, sign * level * 0.15, 0.0, 1.0, 0.0])),
+        geometric(tf.stack([1.0, 0.0, 0.0, sign * level * 0.3, 1.0, sign * level * 0.15])),
         geometric(tf.stack([1.0, 0.0, sign * level * 0.45 * size[1], 0.0, 1.0, 0.0])),
         geometric(tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, sign * level * 0.45 * size[0]])),
     ]
@@ -142,22 +175,35 @@ def apply_op(index: tf.Tensor, image: tf.Tensor, magnitude: tf.Tensor, sign: tf.
 
 
 def randaugment(
-    image: tf.Tensor, seed: tf.Tensor, num_layers: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.5
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    num_layers: int = 2,
+    magnitude: float = 9.0,
+    magnitude_std: float = 0.5,
+    interpolation: str = "bilinear",
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """timm's RandAugment (increasing ops, each applied with probability 0.5) on a uint8 (H, W, 3) image.
+    """timm's RandAugment (increasing ops, each applied with probability 0.5) on a uint8 (H, W, 3) image; geometric
+    ops interpolate "bilinear", "bicubic" or "random" (either, a coin flip per op, as timm does when its train
+    interpolation is random).
 
     Also returns the output->input pixel map of the geometric ops applied (3×3; what a token label map needs)."""
-    seeds = tf.random.experimental.stateless_split(seed, 4 * num_layers)
+    seeds = tf.random.experimental.stateless_split(seed, 5 * num_layers)
     total = tf.eye(3)
     for layer in range(num_layers):
-        op_seed, apply_seed, magnitude_seed, sign_seed = tf.unstack(seeds[4 * layer : 4 * layer + 4])
+        op_seed, apply_seed, magnitude_seed, sign_seed, method_seed = tf.unstack(seeds[5 * layer : 5 * layer + 5])
         index = tf.random.stateless_uniform([], op_seed, 0, len(OPS), dtype=tf.int32)
         noisy = magnitude + magnitude_std * tf.random.stateless_normal([], magnitude_seed)
         level = tf.clip_by_value(noisy, 0.0, MAX_LEVEL)
         sign = tf.where(tf.random.stateless_uniform([], sign_seed) < 0.5, -1.0, 1.0)
         apply = tf.random.stateless_uniform([], apply_seed) < 0.5
+        if interpolation == "random":
+            bicubic = tf.random.stateless_uniform([], method_seed) < 0.5
+        else:
+            bicubic = interpolation == "bicubic"
         image, matrix = tf.cond(
-            apply, lambda i=index, x=image, m=level, s=sign: apply_op(i, x, m, s), lambda x=image: (x, tf.eye(3))
+            apply,
+            lambda i=index, x=image, m=level, s=sign, b=bicubic: apply_op(i, x, m, s, b),
+            lambda x=image: (x, tf.eye(3)),
         )
         total = total @ matrix  # this layer's output -> its input, then the earlier layers' maps
     return image, total

@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from sot_jax.errors import UserError
 
 # Prepared on first use (no download): the datasets shipped in sot_jax.data.
-EMBEDDED_DATASETS = ("digits",)
+EMBEDDED_DATASETS = ("digits", "brackets")
 SHUFFLE_BUFFER = 16_384
 # torchvision's ImageFolder extensions (compared lower-cased).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -54,7 +54,12 @@ class Source:
 
 
 def get_source(dataset: str, data_dir: str | None, prepare_embedded: bool = True) -> Source:
-    """The source named by a config's `dataset` and `data_dir` ("folder": image folders under data_dir)."""
+    """The source named by a config's `dataset` and `data_dir` ("folder": image folders under data_dir; GLUE's
+    `glue/<task>` and the embedded `brackets`: text, see `data.text`)."""
+    from sot_jax.data import brackets, text
+
+    if dataset.startswith("glue/") or dataset == brackets.BRACKETS_NAME:
+        return text.get_text_source(dataset, data_dir, prepare_embedded)
     if dataset == "folder":
         if not data_dir:
             raise UserError("dataset 'folder' needs data_dir=DIR holding DIR/<split>/<class>/<image>")

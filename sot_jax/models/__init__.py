@@ -24,11 +24,11 @@ from sot_jax.models.registry import (
     abstract_variables,
     count_params,
     create_model,
-    example_images,
+    example_inputs,
     get_spec,
     list_models,
 )
-from sot_jax.models.text import create_text_model, from_hf
+from sot_jax.models.text import TEXT_MODELS, create_text_model, from_hf
 from sot_jax.models.torch_conversion import (
     convert_variables,
     from_torch,
@@ -38,7 +38,7 @@ from sot_jax.models.torch_conversion import (
 )
 
 __all__ = [
-    "HEADS", "OPTIONS", "PairedLogits", "abstract_variables", "convert_variables", "count_params", "create_model",
-    "create_text_model", "example_images", "from_hf", "from_torch", "get_spec", "infer_num_classes", "list_models",
-    "torch_key", "unused_official_keys",
+    "HEADS", "OPTIONS", "TEXT_MODELS", "PairedLogits", "abstract_variables", "convert_variables", "count_params",
+    "create_model", "create_text_model", "example_inputs", "from_hf", "from_torch", "get_spec", "infer_num_classes",
+    "list_models", "torch_key", "unused_official_keys",
 ]  # fmt: skip

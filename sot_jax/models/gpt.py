@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from sot_jax.errors import UserError
-from sot_jax.models.bert import ACTIVATIONS, attend, dense, layer_norm, text_init
+from sot_jax.models.bert import ACTIVATIONS, attend, dense, embedding_lookup, embedding_table, layer_norm
 from sot_jax.models.layers import Dtype
 
 STYLES = ("gpt", "gpt2")
@@ -83,13 +83,13 @@ class GPTEncoder(nn.Module):
         if length > self.max_position_embeddings:
             raise UserError(f"{length} tokens exceed the {self.max_position_embeddings} position embeddings")
         gpt2 = self.style == "gpt2"
-        embed = lambda n, name: nn.Embed(n, self.hidden_size, self.dtype, embedding_init=text_init, name=name)  # noqa: E731
-        tokens = embed(self.vocab_size, "wte" if gpt2 else "tokens_embed")
-        x = tokens(input_ids) + embed(self.max_position_embeddings, "wpe" if gpt2 else "positions_embed")(
-            jnp.arange(length)[None]
-        )
+        width = self.hidden_size
+        tokens = embedding_table("wte" if gpt2 else "tokens_embed", self.vocab_size, width)
+        positions = embedding_table("wpe" if gpt2 else "positions_embed", self.max_position_embeddings, width)
+        x = embedding_lookup(tokens, input_ids) + embedding_lookup(positions, jnp.arange(length)[None])
         if token_type_ids is not None:
-            x = x + tokens(token_type_ids)
+            x = x + embedding_lookup(tokens, token_type_ids)
+        x = x.astype(self.dtype)
         x = nn.Dropout(self.embedding_dropout, deterministic=not train)(x)
         key_mask = attention_mask.astype(bool)
         for i in range(self.num_layers):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -15,17 +16,52 @@ from sot_jax.errors import UserError, check_choice
 Dtype = Any
 
 # timm's init: Linear weights trunc-normal(0.02), biases 0; convs keep PyTorch's default kaiming-uniform(a=√5),
-# i.e. uniform with variance 1/(3·fan_in).
+# i.e. uniform with variance 1/(3·fan_in), and biases uniform in ±1/√fan_in (`conv_bias_init`).
 dense_init = nn.initializers.truncated_normal(stddev=0.02)
 conv_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def conv_bias_init(fan_in: int) -> Callable[..., jax.Array]:
+    """PyTorch's default convolution bias: uniform in ±1/√fan_in, fan_in = input channels × kernel area."""
+    bound = 1 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
 
 
 def Dense(features: int, name: str, use_bias: bool = True, dtype: Dtype = jnp.float32) -> nn.Dense:  # noqa: N802
     return nn.Dense(features, use_bias=use_bias, kernel_init=dense_init, dtype=dtype, name=name)
 
 
-def conv(features: int, kernel: tuple[int, int], name: str, dtype: Dtype, **kwargs) -> nn.Conv:
-    return nn.Conv(features, kernel, kernel_init=conv_init, dtype=dtype, name=name, **kwargs)
+class Conv(nn.Module):
+    """`nn.Conv` (NHWC, same parameters and computation) with PyTorch's default initialization; Flax's bias
+    initializer never sees the input channels that PyTorch's bias bound depends on."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: str | Sequence[tuple[int, int]] = "SAME"
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (*self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", conv_init, shape, jnp.float32)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", conv_bias_init(math.prod(shape[:-1])), (self.features,), jnp.float32)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        padding = self.padding if isinstance(self.padding, str) else tuple(map(tuple, self.padding))
+        dimensions = ("NHWC", "HWIO", "NHWC")
+        y = jax.lax.conv_general_dilated(x, kernel, self.strides, padding, dimension_numbers=dimensions)
+        return y if bias is None else y + bias
+
+
+def conv(features: int, kernel: tuple[int, int], name: str, dtype: Dtype, **kwargs) -> Conv:
+    return Conv(features, kernel, dtype=dtype, name=name, **kwargs)
 
 
 def batch_norm(name: str, train: bool, dtype: Dtype) -> nn.BatchNorm:
@@ -49,7 +85,7 @@ class PatchConv(nn.Module):
         batch, height, width, channels = x.shape
         p = self.patch
         kernel = self.param("kernel", conv_init, (p, p, channels, self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        bias = self.param("bias", conv_bias_init(p * p * channels), (self.features,), jnp.float32)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         rows, cols = height // p, width // p  # rows and columns past the last whole patch are dropped, as by VALID
         patches = x[:, : rows * p, : cols * p].reshape(batch, rows, p, cols, p, channels)

@@ -33,7 +33,8 @@ def list_models() -> list[str]:
 
 def get_spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
-        raise UserError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+        vision, language = ", ".join(sorted(_REGISTRY)), ", ".join(text.TEXT_MODELS)
+        raise UserError(f"unknown model {name!r}; valid names: {vision}; text models: {language}")
     return _REGISTRY[name]
 
 
@@ -78,12 +79,16 @@ def count_params(params: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def example_images(model: VisionTransformer, batch: int = 1) -> jax.ShapeDtypeStruct:
-    """The shape of `batch` input images of `model` (what `init` and `eval_shape` trace with)."""
+def example_inputs(model: VisionTransformer | text.TextModel, batch: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
+    """The keyword inputs of `model.init`/`apply` as shapes: `images` (B, H, W, 3) float32 for the vision models;
+    `input_ids` and `attention_mask` (B, 8) int32 for the text models (any length up to their position table)."""
+    if isinstance(model, text.TextModel):
+        tokens = jax.ShapeDtypeStruct((batch, 8), jnp.int32)
+        return {"input_ids": tokens, "attention_mask": tokens}
     rows, cols = model.grid
-    return jax.ShapeDtypeStruct((batch, rows * model.stride, cols * model.stride, 3), jnp.float32)
+    return {"images": jax.ShapeDtypeStruct((batch, rows * model.stride, cols * model.stride, 3), jnp.float32)}
 
 
-def abstract_variables(model: VisionTransformer) -> Any:
+def abstract_variables(model: VisionTransformer | text.TextModel) -> Any:
     """The variable tree of `model` as shapes, without computing anything."""
-    return jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), example_images(model))
+    return jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, **x), example_inputs(model))

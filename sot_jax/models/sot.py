@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sot_jax.models.layers import Dtype, batch_norm, conv, conv_init
+from sot_jax.models.layers import Dtype, batch_norm, conv, conv_bias_init, conv_init
 from sot_jax.models.spec import ModelSpec
 
 TOKEN_DIM = 64
@@ -89,7 +89,7 @@ class ConvMaxPool(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, height, width, channels = x.shape
         kernel = self.param("kernel", conv_init, (3, 3, channels, self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        bias = self.param("bias", conv_bias_init(9 * channels), (self.features,), jnp.float32)
         x = jnp.pad(x, ((0, 0), (0, height % 2), (0, width % 2), (0, 0))).astype(self.dtype)
         cells = x.reshape(batch, x.shape[1] // 2, 2, x.shape[2] // 2, 2, channels).transpose(0, 1, 3, 2, 4, 5)
         cells = cells.reshape(*cells.shape[:3], 4 * channels)

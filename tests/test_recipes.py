@@ -1,0 +1,361 @@
+"""Recipe fidelity (issue 16): the input pipeline, augmentation, initialization and schedules against the official
+code (timm 0.3.x/0.4.5, torchvision 0.8, Pillow 8; short transcriptions of their functions serve as references)."""
+
+import io
+import math
+import random
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import ROOT, load_config
+from PIL import Image, ImageOps
+from scipy import stats
+
+from sot_jax import augment, optim, recipes
+from sot_jax.data import pipeline, randaugment
+from sot_jax.errors import UserError
+from sot_jax.models import layers
+
+
+def timm_get_params(rng: random.Random, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """timm 0.3.4 data/transforms.py, RandomResizedCropAndInterpolation.get_params (the same in 0.3.2 and 0.4.5)."""
+    area = width * height
+    for _ in range(10):
+        target_area = rng.uniform(*scale) * area
+        aspect_ratio = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if w <= width and h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def test_crop_sampler_draws_timms_distribution_and_tfs_does_not():
+    height, width, n = 375, 500, 10_000
+    rng = random.Random(100)
+    reference = np.array([timm_get_params(rng, height, width) for _ in range(n)])
+    shape = tf.constant([height, width, 3])
+    seeds = tf.stack([tf.fill([n], tf.constant(100, tf.int64)), tf.range(n, dtype=tf.int64)], 1)
+
+    @tf.function
+    def ours(seeds):
+        window = lambda s: pipeline.crop_window(shape, s, (0.08, 1.0), (3 / 4, 4 / 3))  # noqa: E731
+        return tf.map_fn(window, seeds, fn_output_signature=tf.int32)
+
+    @tf.function
+    def tf_sampler(seeds):  # what the pipeline used before: TF's sample_distorted_bounding_box
+        def window(seed):
+            begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+                shape, tf.zeros([1, 0, 4]), seed=seed, min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
+                area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True,
+            )  # fmt: skip
+            return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+        return tf.map_fn(window, seeds, fn_output_signature=tf.int32)
+
+    def p_values(windows):  # two-sample KS against timm on the area and on the log aspect ratio w/h
+        area = stats.ks_2samp(reference[:, 2] * reference[:, 3], windows[:, 2] * windows[:, 3]).pvalue
+        aspect = stats.ks_2samp(np.log(reference[:, 3] / reference[:, 2]), np.log(windows[:, 3] / windows[:, 2]))
+        return area, aspect.pvalue
+
+    windows = ours(seeds).numpy()
+    assert min(p_values(windows)) > 0.01
+    assert p_values(tf_sampler(seeds).numpy())[0] < 1e-10
+    top, left, h, w = windows.T
+    assert np.all((top >= 0) & (left >= 0) & (top + h <= height) & (left + w <= width))
+    # Offsets reach both ends, H − h and W − w included (timm's randint), as often as timm's do.
+    for ours_at_end, timm_at_end in ((top == height - h, reference[:, 0] == height - reference[:, 2]),
+                                     (left == width - w, reference[:, 1] == width - reference[:, 3])):  # fmt: skip
+        assert 0.7 < np.mean(ours_at_end) / np.mean(timm_at_end) < 1.4
+    # The fallback: a 20:1 strip fits no draw and gets the centre crop of the clamped aspect, as timm's.
+    assert pipeline.crop_window(tf.constant([10, 200]), tf.constant([1, 2], tf.int64), (0.08, 1.0), (3 / 4, 4 / 3))[
+        2:
+    ].numpy().tolist() == [10, 13]
+
+
+def test_random_erasing_boxes_reach_the_last_row_and_column():
+    images = jnp.zeros((3000, 6, 6, 1))
+    erased = np.asarray(augment.random_erasing(jax.random.key(0), images, probability=1.0) != 0)[..., 0]
+    rows, cols = erased.any(axis=2), erased.any(axis=1)
+    hit = rows.any(axis=1)
+    # timm draws top in [0, H − h] (randint includes both ends): boxes touch the first and the last row/column.
+    for first_last in (rows[hit][:, 0], rows[hit][:, -1], cols[hit][:, 0], cols[hit][:, -1]):
+        assert 0.05 < first_last.mean() < 0.95
+
+
+def scene(height: int, width: int, seed: int) -> np.ndarray:
+    """A real-looking test image: smooth colour regions, stripes, a checkered pattern of edges and sensor noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (max(height // 40, 2), max(width // 40, 2), 3)).astype(np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), np.float32)
+    rows, cols = np.mgrid[0:height, 0:width]
+    stripes = 25 * np.sin(cols * rng.uniform(0.2, 0.9) + rows * rng.uniform(0.1, 0.6))[..., None]
+    edges = 60 * ((cols // rng.integers(15, 40) + rows // rng.integers(15, 40)) % 2)[..., None]
+    noise = rng.normal(0, 6, (height, width, 3))
+    return np.clip(smooth + stripes + edges - 30 + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("method", ["bicubic", "bilinear"])
+def test_resize_matches_pil_down_and_up(method):
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[method]
+    sizes = [((375, 500), (224, 224)), ((480, 640), (256, 341)), ((800, 600), (113, 97)), ((120, 90), (224, 224))]
+    for (height, width), (out_h, out_w) in sizes:
+        image = scene(height, width, height + width)
+        reference = np.asarray(Image.fromarray(image).resize((out_w, out_h), resample), np.float32)
+        ours = pipeline._resize(tf.constant(image), (out_h, out_w), method).numpy()
+        assert np.mean(np.abs(ours - reference)) < 0.5, (height, width, method)
+        if out_h < height:  # without antialiasing, downscaling aliases: far from PIL
+            plain = tf.round(tf.image.resize(image, (out_h, out_w), method=method)).numpy()
+            assert np.mean(np.abs(np.clip(plain, 0, 255) - reference)) > 1.0
+
+
+def test_eval_preprocess_is_timms_eval_transform():
+    def reference(image, crop_pct, size=224):  # timm's transforms_imagenet_eval with torchvision 0.8's PIL ops
+        scale_size = int(math.floor(size / crop_pct))
+        pil = Image.fromarray(image)
+        w, h = pil.size
+        if not ((w <= h and w == scale_size) or (h <= w and h == scale_size)):  # functional.resize
+            pil = pil.resize((scale_size, int(scale_size * h / w)) if w < h else (int(scale_size * w / h), scale_size),
+                             Image.BICUBIC)  # fmt: skip
+        w, h = pil.size
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))  # functional.center_crop
+        return np.asarray(pil.crop((left, top, left + size, top + size)), np.float32)
+
+    # 256×259 and 256×263: no resize and a centre offset of 17.5 and 19.5 (rounded half to even: 18, 20).
+    for (height, width), crop_pct in [((256, 259), 0.875), ((256, 263), 0.875), ((375, 500), 0.875),
+                                      ((250, 333), 0.9), ((500, 375), 1.0)]:  # fmt: skip
+        image = scene(height, width, height * width)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        ours = pipeline.eval_preprocess(tf.constant(buffer.getvalue()), 224, crop_pct).numpy()
+        error = np.mean(np.abs(ours - reference(image, crop_pct)))
+        assert error < (1e-6 if height == 256 else 0.5), (height, width, error)
+
+
+GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
+METHODS = ("bilinear", "bicubic")
+
+
+def timm_geometric(pil: Image.Image, name: str, level: float, resample: int) -> Image.Image:
+    """timm 0.3.4 data/auto_augment.py: rotate, shear_x/y, translate_x/y_rel at level (magnitude / 10, signed)."""
+    fill, size = randaugment.FILL, pil.size
+    if name == "Rotate":
+        return pil.rotate(level * 30.0, resample=resample, fillcolor=fill)
+    matrix = {"ShearX": (1, level * 0.3, 0, 0, 1, 0), "ShearY": (1, 0, 0, level * 0.3, 1, 0),
+              "TranslateX": (1, 0, level * 0.45 * size[0], 0, 1, 0),
+              "TranslateY": (1, 0, 0, 0, 1, level * 0.45 * size[1])}[name]  # fmt: skip
+    return pil.transform(size, Image.AFFINE, matrix, resample=resample, fillcolor=fill)
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+def test_randaugment_geometric_ops_match_pil(method):
+    image = scene(60, 50, 7)
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[method]
+    for name in GEOMETRIC:
+        for magnitude, sign in ((6.0, 1.0), (9.3, -1.0)):
+            out, _ = randaugment.apply_op(
+                tf.constant(randaugment.OPS.index(name)), tf.constant(image), tf.constant(magnitude),
+                tf.constant(sign), method == "bicubic",
+            )  # fmt: skip
+            reference = timm_geometric(Image.fromarray(image), name, sign * magnitude / 10, resample)
+            difference = np.abs(out.numpy().astype(int) - np.asarray(reference, int))
+            assert difference.max() <= 1 and difference.mean() < 0.02, (name, magnitude, difference.mean())
+
+
+def test_interpolation_random_picks_bilinear_or_bicubic_per_image_and_per_op():
+    buffer = io.BytesIO()
+    Image.fromarray(scene(90, 120, 3)).save(buffer, format="PNG")
+    image_bytes = tf.constant(buffer.getvalue())
+    config = recipes.base_config().input
+    config.update({"randaugment_layers": 0, "hflip": False})
+
+    def crop(seed, interpolation):
+        config.interpolation = interpolation
+        return pipeline.train_preprocess(image_bytes, tf.constant([seed, 0], tf.int64), config, 32)[0].numpy()
+
+    picks = []
+    for seed in range(12):
+        fixed = {m: crop(seed, m) for m in ("bilinear", "bicubic")}
+        picks += [m for m, out in fixed.items() if np.array_equal(crop(seed, "random"), out)]
+    assert len(picks) == 12 and 2 <= picks.count("bicubic") <= 10
+    with pytest.raises(UserError, match="interpolation 'nearest'; choose one of bicubic, bilinear, random"):
+        crop(0, "nearest")
+
+    rotated = tf.constant(scene(40, 40, 4))
+    picks = []
+    for seed in range(40):  # one RandAugment layer: its op, magnitude and sign do not depend on the interpolation
+        seed = tf.constant([seed, 1], tf.int64)
+        fixed = {m: randaugment.randaugment(rotated, seed, 1, interpolation=m)[0].numpy() for m in METHODS}
+        if not np.array_equal(*fixed.values()):  # a geometric op ran
+            out = randaugment.randaugment(rotated, seed, 1, interpolation="random")[0].numpy()
+            picks += [m for m, value in fixed.items() if np.array_equal(out, value)]
+    assert picks.count("bilinear") >= 1 and picks.count("bicubic") >= 1
+
+
+def test_posterize_keeps_pils_bits_and_zero_bits_is_black():
+    image = scene(16, 16, 5)
+    outputs = {}
+    for magnitude in (10.0, 9.9, 7.4, 5.0, 0.0):
+        bits = 4 - int(magnitude / 10 * 4)  # timm's _posterize_increasing_level_to_arg
+        out, _ = randaugment.apply_op(
+            tf.constant(randaugment.OPS.index("Posterize")), tf.constant(image), tf.constant(magnitude),
+            tf.constant(1.0),
+        )  # fmt: skip
+        # Pillow 8's ImageOps.posterize (the official runs' era; Pillow ≥ 10 refuses 0 bits): i & ~(2^(8-bits) - 1).
+        np.testing.assert_array_equal(out.numpy(), image.astype(int) & ~(2 ** (8 - bits) - 1))
+        if bits:
+            np.testing.assert_array_equal(out.numpy(), np.asarray(ImageOps.posterize(Image.fromarray(image), bits)))
+        outputs[bits] = out.numpy()
+    assert not outputs[0].any() and outputs[4].any()  # magnitude 10 keeps 0 bits: black
+
+
+def test_conv_biases_get_pytorchs_default_init_and_conv_computes_like_nn_conv():
+    import flax.linen as nn
+
+    x = jnp.ones((1, 32, 32, 8))
+    for module, fan_in in ((layers.conv(4096, (3, 3), "c", jnp.float32), 72), (layers.PatchConv(4096, 16), 2048)):
+        params = module.init(jax.random.key(0), x)["params"]
+        bound = 1 / math.sqrt(fan_in)
+        for values in (params["bias"], params["kernel"]):  # kaiming-uniform(a=√5): the same bound for the kernel
+            values = np.asarray(values).ravel()
+            assert np.abs(values).max() <= bound and np.abs(values).max() > 0.99 * bound
+            assert np.var(values) == pytest.approx(bound**2 / 3, rel=0.1)
+    assert not np.any(nn.Dense(4).init(jax.random.key(0), x)["params"]["bias"])  # Linear biases stay 0 (timm)
+    for kwargs in ({}, {"strides": (2, 2), "padding": ((3, 3), (3, 3))}, {"padding": "VALID", "use_bias": False}):
+        ours = layers.conv(5, (3, 3), "c", jnp.float32, **kwargs)
+        params = ours.init(jax.random.key(1), x)
+        flax_conv = nn.Conv(5, (3, 3), **kwargs)
+        np.testing.assert_allclose(ours.apply(params, x), flax_conv.apply(params, x), rtol=1e-6, atol=1e-6)
+
+
+def test_mixing_draws_once_per_group_with_the_group_reversed_as_partner():
+    batch, group = 12, 4
+    images = jnp.broadcast_to(jnp.arange(batch, dtype=jnp.float32)[:, None, None, None], (batch, 8, 8, 3))
+    for mixup, cutmix in ((0.8, 0.0), (0.0, 1.0)):
+        _, targets = augment.mixup_cutmix(
+            jax.random.key(3), images, jnp.eye(batch), mixup, cutmix, group_size=group
+        )  # fmt: skip
+        targets = np.asarray(targets)
+        index = np.arange(batch)
+        partner = index // group * group + group - 1 - index % group  # reversed within the group (timm's flip(0))
+        np.testing.assert_allclose(targets[index, index] + targets[index, partner], 1.0, rtol=1e-6)
+        lams = targets[index, index].reshape(batch // group, group)
+        assert np.allclose(lams, lams[:, :1]) and len(np.unique(lams[:, 0].round(6))) == batch // group
+    with pytest.raises(UserError, match="mix_group_size 5 does not divide"):
+        augment.mixup_cutmix(jax.random.key(0), images, jnp.eye(batch), 0.8, 1.0, group_size=5)
+
+
+@pytest.mark.parametrize("erase_after_mix", [True, False])
+def test_erasing_runs_after_or_before_mixing(erase_after_mix):
+    from types import SimpleNamespace
+
+    from sot_jax import train
+
+    aug = recipes.base_config().aug
+    aug.update({"random_erasing": 1.0, "mixup": 0.8, "cutmix": 0.0, "mix_group_size": 2})
+    aug.erase_after_mix = erase_after_mix
+    batch = {"image": jnp.zeros((64, 16, 16, 3), jnp.uint8), "label": jnp.zeros(64, jnp.int32)}
+    inputs, _, _ = train.augment_images(jax.random.key(0), batch, SimpleNamespace(num_classes=10), aug)
+    deviation = np.asarray(inputs["images"] - augment.normalize(batch["image"]))
+    stds = [np.std(d[np.abs(d) > 0]) for d in deviation]
+    # Erased after mixing, each image holds one box of N(0, 1) pixels; erased before, the boxes blend with λ.
+    assert (np.median(stds) > 0.95) == erase_after_mix and (np.median(stds) < 0.9) != erase_after_mix
+
+
+def timm_cosine_lr(t: int, lr: float, epochs: int, warmup_t=5, warmup_lr=1e-6, lr_min=1e-5, decay_rate=0.1):
+    """timm 0.3.4 scheduler/cosine_lr.py CosineLRScheduler._get_lr (same in 0.3.2 and 0.4.5), as create_scheduler
+    builds it: t_initial = epochs, t_mul 1, cycle_limit 1, warmup_prefix False, decay_rate = args.decay_rate."""
+    if t < warmup_t:
+        return warmup_lr + t * (lr - warmup_lr) / warmup_t
+    i = t // epochs
+    if i < 1:  # cycle_limit 1
+        gamma, t_curr = decay_rate**i, t - epochs * i
+        return lr_min * gamma + 0.5 * (lr * gamma - lr_min * gamma) * (1 + math.cos(math.pi * t_curr / epochs))
+    return lr_min
+
+
+def official_epoch_rates(script: str, lr: float, epochs=300, cooldown=10) -> list[float]:
+    """The rate of every training epoch as each official main.py steps the scheduler."""
+    rate = 1e-6  # CosineLRScheduler.__init__ with warmup: update_groups(warmup_lr_init)
+    if script in ("sot", "lvvit"):  # for epoch in range(num_epochs) (epochs + cooldown); step(epoch + 1) after it
+        loop, late = epochs + cooldown, 0
+    else:  # deit, hvt: for epoch in range(args.epochs); lr_scheduler.step(epoch) after it
+        loop, late = epochs, 1
+    rates = []
+    for epoch in range(loop):
+        rates.append(rate)
+        rate = timm_cosine_lr(epoch + 1 - late, lr, epochs)
+    return rates
+
+
+@pytest.mark.parametrize(
+    "config_file, variant, script, lr",
+    [
+        ("configs/sot_deit.py", "sot_tiny", "sot", 1e-3),
+        ("configs/sot_deit.py", "sot_base", "sot", 5e-4),  # `-b 64` on 8 GPUs, lr not rescaled
+        ("configs/sot_deit.py", "deit_small_sot", "sot", 1e-3),
+        ("configs/sot_deit.py", "deit_small", "deit", 5e-4 * 1024 / 512),  # main.py's linear_scaled_lr
+        ("configs/hvt.py", "hvt_s_1", "hvt", 5e-4 * 1024 / 512),
+        ("configs/lvvit.py", "lvvit_s", "lvvit", 1.6e-3),
+        ("configs/lvvit.py", "lvvit_l", "lvvit", 1e-3),
+    ],
+)
+def test_schedule_gives_every_epoch_the_official_scripts_rate(config_file, variant, script, lr):
+    config = load_config(config_file, variant)
+    official = official_epoch_rates(script, lr)
+    epochs = config.optim.num_epochs + config.optim.cooldown_epochs
+    assert epochs == len(official)
+    steps_per_epoch = 1_281_167 // config.batch_size
+    schedule = optim.make_schedule(config, steps_per_epoch * epochs)
+    starts = np.arange(epochs) * steps_per_epoch
+    for steps in (starts, starts + steps_per_epoch - 1):  # constant within each epoch
+        np.testing.assert_allclose(np.asarray(schedule(jnp.asarray(steps))), official, rtol=1e-5, atol=1e-12)
+
+
+def test_configs_carry_the_official_data_choices():
+    deit, hvt = load_config("configs/sot_deit.py", "deit_base"), load_config("configs/hvt.py", "hvt_ti_1")
+    for config in (deit, hvt):
+        assert (config.input.repeated_aug, config.input.interpolation, config.optim.ema_decay) == (3, "bicubic", 0)
+        assert recipes.best_metric(config) == "val_top1"
+    for variant, crop_pct in (("lvvit_t", 0.9), ("lvvit_s", 0.9), ("lvvit_m", 1.0), ("lvvit_l", 1.0)):
+        config = load_config("configs/lvvit.py", variant)
+        assert (config.input.eval_crop_pct, config.input.interpolation) == (crop_pct, "random")
+        assert recipes.best_metric(config) == "ema_val_top1"  # TokenLabeling's main.py ranks by the EMA
+    sot = load_config("configs/sot_deit.py", "sot_small")
+    assert (sot.input.interpolation, sot.input.repeated_aug, recipes.best_metric(sot)) == ("random", 1, "ema_val_top1")
+    sot.best_metric = "ema_val_top5"
+    assert recipes.best_metric(sot) == "ema_val_top5"
+    for bad, config in (("ema_val_top1", deit), ("imagenet_a_top1", sot), ("val_loss", sot)):
+        config.best_metric = bad
+        with pytest.raises(UserError, match=f"unknown best_metric '{bad}'; choose one of val_top1"):
+            recipes.best_metric(config)
+
+
+def test_dry_run_prints_the_recipe_without_data_or_workdir(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "sot_jax.main", "--config=configs/sot_deit.py:sot_small", "--config.dry_run=True",
+         f"--config.data_dir={tmp_path / 'absent'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    expected = (
+        "300 epochs + 10 cooldown = 310 epochs = 387810 steps (1251 per epoch", "peak lr 0.001",
+        "lr at warmup end (epoch 5): 0.0009993", "RandAugment n2 m9 mstd0.5", "random erasing 0.25",
+        "mixup 0.8 / cutmix 1", "EMA 0.99996; best checkpoint by ema_val_top1", "resize 256 bicubic",
+    )  # fmt: skip
+    for line in expected:
+        assert line in out, out
+    assert not (tmp_path / "absent").exists()
