@@ -1,7 +1,9 @@
 """Evaluation: the config's `evals` entries resolved (and checked) before training, top-1/top-5 on each.
 
-`config.evals` maps a name to {dataset, data_dir, split, optional, label_subset, multi_label} (`recipes.eval_set`);
-results are logged as `<name>_top1` and `<name>_top5` (`val_top1` ranks the best checkpoint).
+`config.evals` maps a name to {dataset, data_dir, split, optional, label_subset, multi_label, mcc}
+(`recipes.eval_set`); results are logged as `<name>_top1`, `<name>_top5` and, with `mcc`, `<name>_mcc`
+(`config.best_metric` names the one that ranks the best checkpoint). Image and text models alike: `model_inputs`
+turns either kind of batch into the model's keyword inputs.
 """
 
 from __future__ import annotations
