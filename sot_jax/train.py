@@ -24,7 +24,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from sot_jax import augment, checkpoints, evaluate, models, optim, recipes, seeds, sharding, token_labels
-from sot_jax.errors import UserError, check_choice
+from sot_jax.errors import UserError
 
 
 @flax.struct.dataclass
@@ -68,7 +68,6 @@ def validate_config(config: Any, num_devices: int, process_count: int) -> None:
         problems.append("input.token_label_dir does not combine with mixup/cutmix (the LV-ViT recipe uses mix_token)")
     if problems:
         raise UserError("invalid config: " + "; ".join(problems))
-    check_choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
