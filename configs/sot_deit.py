@@ -31,10 +31,12 @@ training rate BENCHMARKS.md measured, synthetic data, evaluation not counted):
     val_top1). Top-1 72.2 (7.3), 79.8 (18.9), 81.8 (27.4). Hardware (DeiT paper): DeiT-S/Ti under 3 days on
     4 GPUs, DeiT-B 53 h on one 8-GPU node. 1 H200: deit_small 13 h.
 
-Kept different from the official code (see README "Recipe fidelity"): BatchNorm statistics (SoT's stem
-transitions) span the whole global batch, not each GPU's 128 images (per-group statistics would need the model to
-know the device batch); images are decoded and resized by TensorFlow (antialiased like PIL, mean error under 0.5
-grey levels), not PIL; no mixed-precision loss scaling (bf16 compute).
+The SoT stem's BatchNorms (the transitions) normalize with each GPU's 128 images (base 64), as the official runs
+without SyncBN do (model.bn_group_size).
+
+Kept different from the official code (see README "Recipe fidelity"): images are decoded and resized by
+TensorFlow (antialiased like PIL, mean error under 0.5 grey levels), not PIL; no mixed-precision loss scaling (bf16
+compute); BatchNorm's running statistics follow the mean over the groups' statistics, not rank 0's group alone.
 
 Evaluation: ImageNet val, and ImageNet-A (its 200 classes), ImageNet-V2 and ReaL when prepared in the data dir
 (`config.evals`; `--config.evals.imagenet_a.optional=False` makes a missing one an error).
@@ -73,4 +75,6 @@ def get_config(variant: str = "deit_small_sot"):
     if variant.startswith("deit_") and not variant.endswith("_sot"):
         config.optim.no_weight_decay = ("pos_embed", "cls_token")  # timm's DeiT
         config = recipes.deit_recipe(config)
+    else:
+        config.model.bn_group_size = config.aug.mix_group_size  # each GPU's BatchNorm statistics (no SyncBN)
     return config

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sot_jax.errors import UserError
+from sot_jax.errors import group_count
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -113,11 +113,9 @@ def mixup_cutmix(
         _mix_batch, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, switch_prob=switch_prob, prob=prob
     )
     batch = images.shape[0]
-    if not group_size or group_size >= batch:
+    groups = group_count(batch, group_size, "aug.mix_group_size")
+    if groups == 1:
         return mix(rng, images, targets)
-    if batch % group_size:
-        raise UserError(f"aug.mix_group_size {group_size} does not divide the (micro-)batch of {batch} images")
-    groups = batch // group_size
     grouped = lambda x: x.reshape(groups, group_size, *x.shape[1:])  # noqa: E731
     images, targets = jax.vmap(mix)(jax.random.split(rng, groups), grouped(images), grouped(targets))
     return images.reshape(batch, *images.shape[2:]), targets.reshape(batch, *targets.shape[2:])

@@ -11,6 +11,16 @@ class UserError(ValueError):
     """A bad config value, missing or malformed data, or an unusable checkpoint; the message says which."""
 
 
+def group_count(batch: int, group_size: int, key: str) -> int:
+    """How many runs of `group_size` consecutive images a batch splits into (per-GPU Mixup draws, BatchNorm
+    statistics): 0, or a batch no larger than the group, is one group; a UserError naming `key` unless it divides."""
+    if not group_size or batch <= group_size:
+        return 1
+    if batch % group_size:
+        raise UserError(f"{key} {group_size} does not divide the (micro-)batch of {batch} images")
+    return batch // group_size
+
+
 def check_choice(what: str, value: object, choices: tuple) -> None:
     """Raise a UserError naming `value` and the valid `choices` unless `value` is one of them."""
     if value not in choices:

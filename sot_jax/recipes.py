@@ -19,6 +19,7 @@ MODEL_OPTIONS = {
     "head": str, "fusion": str, "svpn": str, "svpn_alpha": float, "wr_dim": int, "mgcrp_heads": int,
     "head_dropout": float, "gem_groups": int, "gem_positive": str, "embed_dim": int, "depth": int, "num_heads": int,
     "mlp_hidden": int, "pool_block_width": int, "attention": str, "remat": str, "dropout": float,
+    "bn_group_size": int, "stem_impl": str,
 }  # fmt: skip
 # Keys of an evals entry: dataset and data_dir ("" = the config's), split ("" = the dataset's validation split),
 # optional (skipped with one warning line when not prepared), label_subset (predict among the classes present,
@@ -87,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.input.randaugment_std = 0.5
     config.input.repeated_aug = 1  # >1: each image that many times per epoch
     config.input.token_label_dir = ""  # token label maps from `python -m sot_jax.convert_labels` (empty: image label)
+    config.input.token_label_box = "official"  # map read-out: "official" (box mirrored on the diagonal) or "corrected"
+    config.input.token_label_outside = "zero"  # map cells RandAugment moved off the image: "zero" scores or "nearest"
     config.input.skip_bad_images = False  # True: skip (and log) files that do not decode instead of stopping
 
     config.aug = ml_collections.ConfigDict()
@@ -98,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.aug.erase_after_mix = True  # SoT's order (timm's prefetcher); False: erase each image first (DeiT, HVT)
     config.aug.mix_token = False  # LV-ViT's MixToken (replaces Mixup/CutMix in its recipe)
     config.aug.label_smoothing = 0.1
+    config.aug.token_label_smoothing = "official"  # map targets: "official" p(1−s+s/C)+s/C or "corrected" (1−s)p+s/C
 
     # AdamW, timm's cosine schedule stepped per epoch, warmup and cooldown.
     config.optim = ml_collections.ConfigDict()
@@ -234,8 +238,10 @@ def describe(config: ml_collections.ConfigDict) -> str:
     if i.randaugment_layers:
         train_aug.append(
             f"RandAugment n{i.randaugment_layers} m{i.randaugment_magnitude:g} mstd{i.randaugment_std:g} "
-            f"(geometric ops {i.interpolation})"
+            f"(geometric ops {i.interpolation}{', whole image' if i.token_label_dir else ''})"
         )
+    if i.token_label_dir:  # the official token-labeling order: the crop last
+        train_aug = train_aug[1:] + train_aug[:1]
     if i.repeated_aug > 1:
         train_aug.append(f"repeated augmentation ×{i.repeated_aug}")
     batch_aug = [f"random erasing {a.random_erasing:g}"] if a.random_erasing else []
@@ -244,7 +250,8 @@ def describe(config: ml_collections.ConfigDict) -> str:
         mix = f"mixup {a.mixup:g} / cutmix {a.cutmix:g} (switch {a.mix_switch_prob:g}, {groups})"
         batch_aug.insert(0 if a.erase_after_mix else len(batch_aug), mix)
     if a.mix_token:
-        batch_aug.append("MixToken")
+        boxes = f"one box per {a.mix_group_size} images" if a.mix_group_size else "one box per batch"
+        batch_aug.append(f"MixToken ({boxes})")
     batch_aug.append(f"label smoothing {a.label_smoothing:g}")
     if o.schedule == "linear":
         schedule = [f"schedule: linear from {peak:g} to 0 over {epochs} epochs = {steps}; warmup {o.warmup_epochs}"]
@@ -257,9 +264,17 @@ def describe(config: ml_collections.ConfigDict) -> str:
     sets = ", ".join(f"{k}{' (optional)' if v.optional else ''}" for k, v in config.evals.items())
     if "img_size" in config.model:
         resize = int(np.floor(config.model.img_size / i.eval_crop_pct))
+        token_labels = []
+        if a.mix_token or i.token_label_dir:
+            maps = f"maps {i.token_label_dir}" if i.token_label_dir else "no maps (every token learns the image label)"
+            token_labels.append(
+                f"token labels: {maps}; map read-out box {i.token_label_box}, cells moved off the image "
+                f"{i.token_label_outside}, target smoothing {a.token_label_smoothing}"
+            )
         inputs = [
             "augmentation (tf.data): " + ", ".join(train_aug),
             "augmentation (accelerator, in order): " + ", ".join(batch_aug),
+            *token_labels,
             f"eval: resize {resize} bicubic, centre crop {config.model.img_size} (crop_pct {i.eval_crop_pct:g}); "
             f"sets {sets}",
         ]
@@ -271,8 +286,10 @@ def describe(config: ml_collections.ConfigDict) -> str:
             f"eval sets {sets}",
         ]
     clip = f", gradient clipping {o.grad_clip_norm:g}" if o.grad_clip_norm else ""
+    bn_groups = config.model.get("bn_group_size")
+    bn = f", BatchNorm statistics per {bn_groups} images" if bn_groups else ""
     lines = [
-        f"model {config.model.name} ({config.model.dtype}), dataset {config.dataset}, batch {config.batch_size}",
+        f"model {config.model.name} ({config.model.dtype}), dataset {config.dataset}, batch {config.batch_size}{bn}",
         f"AdamW b1 {o.b1:g} b2 {o.b2:g} eps {o.eps:g}, weight decay {o.weight_decay:g}, peak lr {peak:g} ({rule})"
         + clip,
         *schedule,

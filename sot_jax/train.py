@@ -24,7 +24,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from sot_jax import augment, checkpoints, evaluate, models, optim, recipes, seeds, sharding, token_labels
-from sot_jax.errors import UserError
+from sot_jax.errors import UserError, check_choice
 
 
 @flax.struct.dataclass
@@ -53,6 +53,7 @@ def validate_config(config: Any, num_devices: int, process_count: int) -> None:
             problems.append(f"{key} must be a positive integer, got {value!r}")
     if config.total_steps < 0 or config.eval_every_steps < 0:
         problems.append("total_steps and eval_every_steps must be >= 0")
+    bn_group = config.model.get("bn_group_size") or 0
     if not problems:
         per_step = num_devices * config.optim.grad_accum_steps
         if config.batch_size % per_step or config.batch_size % process_count:
@@ -60,12 +61,25 @@ def validate_config(config: Any, num_devices: int, process_count: int) -> None:
                 f"batch_size {config.batch_size} does not divide over {num_devices} devices × "
                 f"{config.optim.grad_accum_steps} accumulation steps ({process_count} processes)"
             )
+        micro_batch = config.batch_size // config.optim.grad_accum_steps
+        mix_group = config.aug.get("mix_group_size") or 0  # text configs have no image mixing
+        for key, group in (("aug.mix_group_size", mix_group), ("model.bn_group_size", bn_group)):
+            if group and group < micro_batch and micro_batch % group:
+                problems.append(f"{key} {group} does not divide the (micro-)batch of {micro_batch} images")
     if config.sharding not in ("data", "fsdp"):
         problems.append(f"sharding must be 'data' or 'fsdp', got {config.sharding!r}")
     if config.eval_only and not config.init_from:
         problems.append("eval_only needs init_from=DIR (a converted or trained checkpoint)")
-    if config.input.token_label_dir and (config.aug.mixup > 0 or config.aug.cutmix > 0):
-        problems.append("input.token_label_dir does not combine with mixup/cutmix (the LV-ViT recipe uses mix_token)")
+    if config.input.token_label_dir:
+        from sot_jax.data import label_maps  # TensorFlow, which reading the maps needs anyway
+
+        check_choice("input.token_label_box", config.input.token_label_box, label_maps.BOXES)
+        check_choice("input.token_label_outside", config.input.token_label_outside, label_maps.OUTSIDES)
+        check_choice("aug.token_label_smoothing", config.aug.token_label_smoothing, token_labels.SMOOTHINGS)
+        if config.aug.mixup > 0 or config.aug.cutmix > 0:
+            problems.append(
+                "input.token_label_dir does not combine with mixup/cutmix (the LV-ViT recipe uses mix_token)"
+            )
     if problems:
         raise UserError("invalid config: " + "; ".join(problems))
 
@@ -102,8 +116,9 @@ def augment_images(
     if "token_label_classes" in batch:  # token label maps give both targets (no Mixup/CutMix)
         images = erase(augment.normalize(batch["image"]))
         targets, token_targets = token_labels.dense_targets(
-            batch["token_label_classes"], batch["token_label_weights"], model.num_classes, aug.label_smoothing
-        )
+            batch["token_label_classes"], batch["token_label_weights"], batch["class_label_classes"],
+            batch["class_label_weights"], model.num_classes, aug.label_smoothing, aug.token_label_smoothing,
+        )  # fmt: skip
     else:
         targets, token_targets = augment.smooth_one_hot(batch["label"], model.num_classes, aug.label_smoothing), None
         mix = functools.partial(
@@ -116,9 +131,9 @@ def augment_images(
         else:  # DeiT and HVT erase in each image's transform and mix the batch after
             images, targets = mix(erase(augment.normalize(batch["image"])), targets)
     mix_box = None
-    if aug.mix_token:  # token outputs come back un-mixed, so only the class target mixes
-        mix_box, lam = token_labels.mix_token_box(token_key, model.grid)
-        targets = lam * targets + (1 - lam) * targets[::-1]
+    if aug.mix_token:  # token outputs come back un-mixed, so only the class target mixes (within each group)
+        mix_box, lam = token_labels.mix_token_boxes(token_key, model.grid, images.shape[0], aug.mix_group_size)
+        targets = token_labels.mix_targets(targets, lam)
     return {"images": images, "mix_box": mix_box}, targets, token_targets
 
 

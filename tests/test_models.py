@@ -188,6 +188,7 @@ def test_image_size_sets_the_position_embedding_and_is_checked():
         (lambda: models.create_model("sot_small", embed_dim=100), "embed_dim 100 is not divisible by num_heads 6"),
         (lambda: models.create_model("scale_hvt_ti_4", img_size=64), "HVT pooling at block 9 needs at least 3 tokens"),
         (lambda: models.create_model("hvt_s_1", remat="dots"), "unknown remat policy 'dots'; valid: None, nothing_"),
+        (lambda: models.create_model("sot_tiny", bn_group_size=-1), "bn_group_size must be a non-negative integer"),
     ],
 )
 def test_registry_errors_are_clear(call, message):
@@ -340,3 +341,137 @@ def test_cudnn_attention_matches_xla(tokens, head_dim):
     for a, b in zip(jax.tree.leaves(cudnn), jax.tree.leaves(xla), strict=True):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         assert np.linalg.norm(a - b) <= 2e-2 * np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("bn_group_size", [0, 2, 8])
+def test_batch_norm_normalizes_each_group_and_updates_running_statistics_as_pytorch(bn_group_size):
+    """Training normalizes each run of `bn_group_size` images (0, or a group larger than the batch: the whole batch)
+    by its own mean and biased variance; the running statistics move by PyTorch's momentum 0.1 towards the mean over
+    groups of each group's mean and unbiased variance (not at initialization). Evaluation normalizes by the running
+    statistics."""
+    from sot_jax.models.layers import BatchNorm
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(bn_group_size)
+        x = rng.normal(3.0, 2.0, size=(6, 3, 2, 5))
+        params = {"scale": rng.normal(size=5), "bias": rng.normal(size=5)}
+        running = {"mean": rng.normal(size=5), "var": rng.uniform(0.5, 2.0, size=5)}
+        module = BatchNorm(bn_group_size, jnp.float64)
+        out, updates = module.apply({"params": params, "batch_stats": running}, x, True, mutable=["batch_stats"])
+        evaluated = module.apply({"params": params, "batch_stats": running}, x, False)
+        initial = module.init(jax.random.key(0), x, True)["batch_stats"]  # initializing in training updates nothing
+
+    groups = x.reshape(3 if bn_group_size == 2 else 1, -1, 3, 2, 5)
+    mean, var = groups.mean(axis=(1, 2, 3), keepdims=True), groups.var(axis=(1, 2, 3), keepdims=True)
+    expected = ((groups - mean) / np.sqrt(var + 1e-5) * params["scale"] + params["bias"]).reshape(x.shape)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
+    group_means, group_vars = mean.reshape(-1, 5), groups.var(axis=(1, 2, 3), ddof=1)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.9 * running["mean"] + 0.1 * group_means.mean(0))
+    np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 * running["var"] + 0.1 * group_vars.mean(0))
+    expected = (x - running["mean"]) / np.sqrt(running["var"] + 1e-5) * params["scale"] + params["bias"]
+    np.testing.assert_allclose(evaluated, expected, rtol=1e-10, atol=1e-10)
+    assert np.all(initial["mean"] == 0) and np.all(initial["var"] == 1)
+
+
+@pytest.mark.parametrize("stem", ["sot_transition", "lvvit_stem"])
+def test_grouped_batch_norm_is_each_group_alone(stem):
+    """With bn_group_size 2, a training batch of 6 gives the outputs of its three pairs each run alone with
+    whole-batch statistics, and running statistics the mean of theirs; a batch no larger than the group is one group.
+    For SoT's transition and LV-ViT's convolutional stem (three BatchNorms)."""
+    from sot_jax.models.lvvit import ConvStem
+    from sot_jax.models.sot import DenseTransition
+
+    def build(bn_group_size):
+        if stem == "lvvit_stem":
+            return ConvStem(7, 5, jnp.float64, bn_group_size)
+        return DenseTransition(jnp.float64, bn_group_size)
+
+    shape = (6, 16, 16, 3) if stem == "lvvit_stem" else (6, 4, 6, 5)
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(1.0, 2.0, size=shape))
+        abstract = jax.eval_shape(lambda x: build(0).init(jax.random.key(0), x, False), x)
+        variables = {
+            "params": jax.tree.map(lambda v: jnp.asarray(rng.normal(size=v.shape)), abstract["params"]),
+            "batch_stats": jax.tree.map(lambda v: jnp.asarray(rng.uniform(0.5, 2.0, v.shape)), abstract["batch_stats"]),
+        }
+        apply = lambda module, x: module.apply(variables, x, True, mutable=["batch_stats"])  # noqa: E731
+        grouped, updates = apply(build(2), x)
+        alone = [apply(build(0), x[i : i + 2]) for i in (0, 2, 4)]
+        one_group = apply(build(4), x[:2])
+    np.testing.assert_allclose(grouped, np.concatenate([out for out, _ in alone]), rtol=1e-10, atol=1e-10)
+    mean_of_alone = jax.tree.map(lambda *stats: np.mean(stats, axis=0), *[updates for _, updates in alone])
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(mean_of_alone), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(jax.tree.leaves(one_group), jax.tree.leaves(alone[0]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["sot_tiny", "lvvit_t"])
+def test_bn_group_size_is_a_model_key_that_must_divide_the_training_batch(name):
+    """`config.model.bn_group_size` reaches the stem's BatchNorms: a training batch it does not divide is a one-line
+    UserError naming it, the group and the batch; evaluation (running statistics) takes any batch."""
+    from sot_jax import recipes
+    from sot_jax.errors import UserError
+
+    config = recipes.base_config()
+    config.model.update(name=name, img_size=32, dtype="float32", wr_dim=4, bn_group_size=4, **TINY)
+    model = recipes.build_model(config.model, num_classes=3)
+    variables = models.abstract_variables(model)
+    images = jax.ShapeDtypeStruct((6, 32, 32, 3), jnp.float32)
+
+    def train(variables, images):
+        return model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+
+    with pytest.raises(UserError) as error:
+        jax.eval_shape(train, variables, images)
+    assert str(error.value) == "bn_group_size 4 does not divide the (micro-)batch of 6 images"
+    assert jax.eval_shape(lambda v, x: model.apply(v, x), variables, images).shape == (6, 3)
+    jax.eval_shape(train, variables, jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32))
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("bn_group_size", [0, 2])
+def test_transition_at_pooled_resolution_is_batch_norm_conv_avg_pool(train, bn_group_size):
+    """SoT's transition (statistics at full resolution, then pool → normalize → 1×1 conv) has the variables of
+    BatchNorm → Conv1x1 → AvgPool2 and gives its values, running-statistic updates and gradients (input and every
+    parameter), with odd channel counts and odd sizes (the pool drops the last row and column)."""
+    import flax.linen as nn
+
+    from sot_jax.models.layers import BatchNorm, conv
+    from sot_jax.models.sot import TRANSITION_WIDTH, DenseTransition
+
+    class PlainTransition(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+            x = BatchNorm(bn_group_size, jnp.float64, name="norm")(x, train)
+            x = conv(TRANSITION_WIDTH, (1, 1), "conv", jnp.float64, use_bias=False)(x)
+            return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(bn_group_size)
+        x = jnp.asarray(rng.normal(1.0, 2.0, size=(4, 5, 7, 9)))
+        fused, plain = DenseTransition(jnp.float64, bn_group_size), PlainTransition()
+        shapes = jax.tree.map(jnp.shape, fused.init(jax.random.key(0), x, False))
+        assert shapes == jax.tree.map(jnp.shape, plain.init(jax.random.key(0), x, False))
+        params = {
+            "norm": {"scale": rng.normal(size=9), "bias": rng.normal(size=9)},
+            "conv": {"kernel": rng.normal(size=(1, 1, 9, TRANSITION_WIDTH))},
+        }
+        batch_stats = {"norm": {"mean": rng.normal(size=9), "var": rng.uniform(0.5, 2.0, size=9)}}
+        assert jax.tree.map(jnp.shape, {"params": params, "batch_stats": batch_stats}) == shapes
+        weights = jnp.asarray(rng.normal(size=(4, 2, 3, TRANSITION_WIDTH)))
+
+        def loss(params, x, module):
+            variables = {"params": params, "batch_stats": batch_stats}
+            out, updates = module.apply(variables, x, train, mutable=["batch_stats"])
+            return jnp.sum(weights * out), (out, updates)
+
+        results = [jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x, m) for m in (fused, plain)]
+    (_, (out, updates)), grads = results[0]
+    (_, (expected, expected_updates)), expected_grads = results[1]
+    assert out.shape == (4, 2, 3, TRANSITION_WIDTH)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
+    expected_leaves = jax.tree.leaves((expected_updates, expected_grads))
+    for a, b in zip(jax.tree.leaves((updates, grads)), expected_leaves, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)

@@ -2,6 +2,7 @@
 
 import io
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import tensorflow as tf
 from conftest import TINY_MODEL
 from PIL import Image
 
-from sot_jax import augment, models, token_labels, train
+from sot_jax import augment, models, recipes, token_labels, train
 from sot_jax.data import label_maps, pipeline, randaugment, sources
 
 
@@ -74,18 +75,56 @@ def test_model_un_mixes_token_outputs_so_each_keeps_its_source():
     assert not np.allclose(raw_mixed, tokens_plain)
 
 
-def test_dense_targets_scatter_softmax_and_smooth_like_a_hand_computation():
+@pytest.mark.parametrize("mode", ["official", "corrected"])
+def test_dense_targets_scatter_softmax_and_smooth_like_a_hand_computation(mode):
     classes = np.array([[[0, 2, 2], [1, 1, 3]]])  # (B=1, N=2, P=3)
     weights = np.array([[[1.0, 0.5, 1.5], [2.0, -1.0, 0.25]]], np.float32)
-    cls_target, token_targets = token_labels.dense_targets(jnp.asarray(classes), jnp.asarray(weights), 4, 0.1)
+    class_pairs = np.array([[3, 0, 3]]), np.array([[0.5, 1.0, 2.0]], np.float32)
+    cls_target, token_targets = token_labels.dense_targets(
+        jnp.asarray(classes), jnp.asarray(weights), *map(jnp.asarray, class_pairs), 4, 0.1, mode
+    )
     logits = np.array([[1.0, 0.0, 2.0, 0.0], [0.0, 1.0, 0.0, 0.25]])
 
     def smooth(x):
         p = np.exp(x - x.max(-1, keepdims=True))
-        return 0.9 * p / p.sum(-1, keepdims=True) + 0.1 / 4
+        p /= p.sum(-1, keepdims=True)
+        # get_labelmaps_with_coords: softmax · on_value + off_value, on = 1 − s + s/C, off = s/C
+        return p * (1 - 0.1 + 0.1 / 4) + 0.1 / 4 if mode == "official" else 0.9 * p + 0.1 / 4
 
     np.testing.assert_allclose(token_targets[0], smooth(logits), rtol=1e-6)
-    np.testing.assert_allclose(cls_target[0], smooth(logits.mean(0)), rtol=1e-6)
+    np.testing.assert_allclose(cls_target[0], smooth(np.array([1.0, 0.0, 0.0, 2.5])), rtol=1e-6)
+    assert float(cls_target[0].sum()) == pytest.approx(1 + 0.1 / 4 if mode == "official" else 1.0, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown aug.token_label_smoothing 'x'; choose one of official, corrected"):
+        token_labels.dense_targets(*map(jnp.asarray, (classes, weights, *class_pairs)), 4, 0.1, "x")
+
+
+def test_mix_token_draws_one_box_per_group_and_mixes_within_it():
+    """aug.mix_group_size 4 on 8 images: each group has its own box and λ', partners are the group's reverse."""
+    aug = recipes.base_config().aug
+    aug.update({"mix_token": True, "mix_group_size": 4, "mixup": 0.0, "cutmix": 0.0, "random_erasing": 0.0})
+    aug.label_smoothing = 0.0
+    model = types.SimpleNamespace(grid=(4, 4), num_classes=8)
+    batch = {"image": jnp.zeros((8, 8, 8, 3), jnp.uint8), "label": jnp.arange(8)}
+    partner = np.array([3, 2, 1, 0, 7, 6, 5, 4])
+    tokens = jnp.broadcast_to(jnp.arange(8.0)[:, None], (8, 16))  # each token holds its image's index
+    differ = 0
+    for seed in range(8):
+        inputs, targets, _ = train.augment_images(jax.random.key(seed), batch, model, aug)
+        boxes = np.asarray(inputs["mix_box"])
+        assert boxes.shape == (2, 4)
+        mixed = np.asarray(token_labels.mix_tokens(tokens, inputs["mix_box"], model.grid))
+        for group, (top, left, bottom, right) in enumerate(boxes):
+            inside = np.zeros((4, 4), bool)
+            inside[top:bottom, left:right] = True
+            lam = 1 - inside.sum() / 16
+            for i in range(4 * group, 4 * group + 4):
+                np.testing.assert_array_equal(mixed[i], np.where(inside.reshape(16), partner[i], i))
+                expected = lam * np.eye(8)[i] + (1 - lam) * np.eye(8)[partner[i]]
+                np.testing.assert_allclose(targets[i], expected, atol=1e-6)
+        differ += not np.array_equal(boxes[0], boxes[1])
+    assert differ >= 6  # independent draws per group
+    with pytest.raises(ValueError, match=r"aug.mix_group_size 3 does not divide the \(micro-\)batch of 8 images"):
+        token_labels.mix_token_boxes(jax.random.key(0), (4, 4), 8, 3)
 
 
 def test_token_labeling_loss_equals_a_hand_computation():
@@ -112,55 +151,83 @@ def test_token_labeling_loss_equals_a_hand_computation():
     assert float(loss) == pytest.approx(fallback, rel=1e-5)
 
 
-def position_coded_image_and_map(cells: int = 8, size: int = 128):
-    """An image of cells×cells flat blocks whose colour encodes (row, col), and a top-5 score map with one cell
-    per block whose top class is row·cells + col."""
-    block = size // cells
-    pixels = np.zeros((size, size, 3), np.uint8)
+def position_coded_image_and_map(cells: int = 8, size: int = 128, width: int | None = None, per_block: int = 1):
+    """An image (size × width) of cells×cells flat blocks whose colour encodes (row, col), and a top-5 score map
+    with per_block² cells per block whose top class is the block's row·cells + col."""
+    width = width or size
+    block_rows, block_cols = size // cells, width // cells
+    pixels = np.zeros((size, width, 3), np.uint8)
     for r in range(cells):
         for c in range(cells):
-            pixels[r * block : (r + 1) * block, c * block : (c + 1) * block] = (32 * r, 32 * c, 128)
-    scores = np.zeros((5, cells, cells), np.float32)
-    classes = np.zeros((5, cells, cells), np.int32)
+            pixels[r * block_rows : (r + 1) * block_rows, c * block_cols : (c + 1) * block_cols] = (32 * r, 32 * c, 128)
+    side = cells * per_block
+    scores = np.zeros((5, side, side), np.float32)
+    classes = np.zeros((5, side, side), np.int32)
     scores[0] = 10.0
-    classes[0] = np.arange(cells * cells).reshape(cells, cells)
+    blocks = np.arange(cells * cells).reshape(cells, cells)
+    classes[0] = np.repeat(np.repeat(blocks, per_block, 0), per_block, 1)
     for k in range(1, 5):  # other top-k entries: weak, elsewhere
         scores[k], classes[k] = 1.0, (classes[0] + 7 * k) % (cells * cells)
     return pixels, scores, classes
 
 
-def check_alignment(image, scores, classes, geometry, grid):
+def read_out(scores, classes, geometry, grid, box="corrected", outside="zero"):
+    """(class target (C,), token targets (N, C)) of one image's map, C = 64, no smoothing."""
+    pairs = label_maps.sample_label_map(tf.constant(scores), tf.constant(classes), geometry, grid, box, outside)
+    targets = token_labels.dense_targets(*(jnp.asarray(p.numpy())[None] for p in pairs), 64, 0.0)
+    return tuple(np.asarray(t[0]) for t in targets)
+
+
+def check_alignment(image, scores, classes, geometry, grid, box="corrected"):
     """Per token: the map's top class after sampling, against the block the image shows at the token centre.
     Returns (tokens agreeing, tokens compared); disagreement is allowed only with a neighbouring block (a centre
-    on a block edge that resampling blurs). Tokens showing RandAugment's fill colour are skipped."""
-    pairs = label_maps.sample_label_map(tf.constant(scores), tf.constant(classes), geometry, grid, image.shape[0])
-    _, token_targets = token_labels.dense_targets(*(jnp.asarray(p.numpy())[None] for p in pairs), 64, 0.0)
-    from_map = np.argmax(np.asarray(token_targets[0]), -1).reshape(grid)
+    on a block edge that resampling blurs). Tokens showing RandAugment's fill colour are skipped; cells moved
+    off the image take the nearest cell (with "zero", those whose centre passes the outer cell centres would show
+    a uniform target while the image's edge pixels are still inside)."""
+    from_map = np.argmax(read_out(scores, classes, geometry, grid, box, "nearest")[1], -1).reshape(grid)
     step = image.shape[0] // grid[0]
     pixels = np.asarray(image, np.float32)  # a token's centre lies between the middle two pixels of its step
     centre = sum(pixels[r::step, c::step] for r in (step // 2 - 1, step // 2) for c in (step // 2 - 1, step // 2)) / 4
     from_image = np.round(centre[..., 0] / 32) * 8 + np.round(centre[..., 1] / 32)
     inside = np.abs(centre[..., 2] - 128) < 8
     off = (from_map != from_image) & inside
-    assert np.all(np.abs(from_map[off] // 8 - from_image[off] // 8) <= 1)
-    assert np.all(np.abs(from_map[off] % 8 - from_image[off] % 8) <= 1)
+    if box == "corrected":
+        assert np.all(np.abs(from_map[off] // 8 - from_image[off] // 8) <= 1)
+        assert np.all(np.abs(from_map[off] % 8 - from_image[off] % 8) <= 1)
     return int(np.sum(~off & inside)), int(np.sum(inside))
 
 
-def test_label_map_stays_aligned_with_its_image_through_crop_and_flip(tiny_config):
-    config = tiny_config(crop_scale=(0.2, 1.0), hflip=True, randaugment_layers=0)
-    pixels, scores, classes = position_coded_image_and_map()
+def test_label_map_stays_aligned_with_its_image_in_the_label_map_order(tiny_config, monkeypatch):
+    """Flip, two geometric RandAugment ops on the whole (non-square) image, the random resized crop last: with
+    the corrected box the map follows the image; the official box (mirrored across the diagonal) does not."""
+
+    def geometric_randaugment(image, seed, *_):  # a fixed rotation then translation, whatever the seed
+        ops = (("Rotate", 4.0, 1.0), ("TranslateX", 2.0, -1.0))
+        affine = tf.eye(3)
+        for name, magnitude, sign in ops:
+            image, matrix = randaugment.apply_op(tf.constant(randaugment.OPS.index(name)), image, magnitude, sign)
+            affine = affine @ matrix
+        return image, affine
+
+    monkeypatch.setattr(pipeline.randaugment, "randaugment", geometric_randaugment)
+    config = tiny_config(crop_scale=(0.2, 1.0), hflip=True, randaugment_layers=2, token_label_dir="maps")
+    pixels, scores, classes = position_coded_image_and_map(size=96, width=160, per_block=4)  # fine cells: see below
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
-    agree = total = flips = 0
-    for seed in range(40):
+    agree, official, total, flips = 0, 0, 0, 0
+    for seed in range(30):
         seed = tf.constant([seed, 1], tf.int64)
         image, geometry = pipeline.train_preprocess(tf.constant(buffer.getvalue()), seed, config.input, 64)
+        assert geometry["size"].numpy().tolist() == [96, 160]
         hits, count = check_alignment(image.numpy(), scores, classes, geometry, (4, 4))
         agree, total, flips = agree + hits, total + count, flips + bool(geometry["flipped"])
-    assert 5 <= flips <= 35  # both branches ran
-    # (Ignoring the flip gives 31% here, swapping the box's axes 21%.)
-    assert agree / total > 0.9, f"only {agree}/{total} tokens carry their own image position"
+        official += check_alignment(image.numpy(), scores, classes, geometry, (4, 4), "official")[0]
+    assert 5 <= flips <= 25 and total > 300  # both branches ran; most tokens show the image, not the fill
+    # The map moves in whole cells (nearest cell, as the official's order-0 resampling): 4 map cells per block keep
+    # that rounding small (one per block: 53%). Ignoring RandAugment's map gives 15%, ignoring the flip fails the
+    # neighbour check, the official box gives 7%.
+    assert agree / total > 0.85, f"only {agree}/{total} tokens carry their own image position"
+    assert official / total < 0.3
 
 
 @pytest.mark.parametrize("op", ["Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"])
@@ -171,9 +238,107 @@ def test_label_map_follows_randaugment_geometry(op):
         index = tf.constant(randaugment.OPS.index(op))
         image, affine = randaugment.apply_op(index, tf.constant(pixels), tf.constant(6.0), tf.constant(sign))
         geometry = {"box": tf.constant([0.0, 0.0, 1.0, 1.0]), "flipped": tf.constant(False), "affine": affine}
+        geometry["size"] = tf.constant([64.0, 64.0])
         hits, count = check_alignment(image.numpy(), scores, classes, geometry, (8, 8))
         agree, total = agree + hits, total + count
     assert total > 60 and agree / total > 0.85, f"{op}: only {agree}/{total} tokens carry their own position"
+
+
+def official_roi_align(features, box, output_size):
+    """torchvision.ops.roi_align(features[None], [[0, *box]], output_size) (aligned=False, sampling_ratio=-1) as
+    its kernel computes it, for one box (x1, y1, x2, y2), in float32."""
+    channels, height, width = features.shape
+    x1, y1, x2, y2 = np.asarray(box, np.float32)
+    roi_w, roi_h = max(x2 - x1, np.float32(1)), max(y2 - y1, np.float32(1))
+    bin_h, bin_w = roi_h / np.float32(output_size), roi_w / np.float32(output_size)
+    grid_h, grid_w = int(np.ceil(roi_h / np.float32(output_size))), int(np.ceil(roi_w / np.float32(output_size)))
+
+    def bilinear(y, x):
+        if y < -1.0 or y > height or x < -1.0 or x > width:
+            return np.zeros(channels, np.float32)
+        y, x = max(y, np.float32(0)), max(x, np.float32(0))
+        y_low, x_low = int(y), int(x)
+        if y_low >= height - 1:
+            y_high = y_low = height - 1
+            y = np.float32(y_low)
+        else:
+            y_high = y_low + 1
+        if x_low >= width - 1:
+            x_high = x_low = width - 1
+            x = np.float32(x_low)
+        else:
+            x_high = x_low + 1
+        ly, lx = y - y_low, x - x_low
+        hy, hx = 1 - ly, 1 - lx
+        f = features
+        return (
+            hy * hx * f[:, y_low, x_low]
+            + hy * lx * f[:, y_low, x_high]
+            + ly * hx * f[:, y_high, x_low]
+            + ly * lx * f[:, y_high, x_high]
+        )
+
+    out = np.zeros((channels, output_size, output_size), np.float32)
+    for ph in range(output_size):
+        for pw in range(output_size):
+            for iy in range(grid_h):
+                y = y1 + np.float32(ph) * bin_h + np.float32(iy + 0.5) * bin_h / np.float32(grid_h)
+                for ix in range(grid_w):
+                    x = x1 + np.float32(pw) * bin_w + np.float32(ix + 0.5) * bin_w / np.float32(grid_w)
+                    out[:, ph, pw] += bilinear(y, x)
+            out[:, ph, pw] /= max(grid_h * grid_w, 1)
+    return out
+
+
+def official_get_label(scores, classes, coords, label_size, num_classes=64):
+    """TokenLabeling's get_featuremaps + get_label for one image: coords (top, left, bottom, right) fractions,
+    scaled by the map width − 0.5 and passed to roi_align as (x1, y1, x2, y2). Returns softmax (C, 1 + N)."""
+    dense = np.zeros((num_classes, *scores.shape[1:]), np.float32)
+    for k in range(scores.shape[0]):
+        np.put_along_axis(dense, classes[k][None], scores[k][None], 0)
+    box = np.asarray(coords, np.float32) * np.float32(dense.shape[2]) - np.float32(0.5)
+    tokens = official_roi_align(dense, box, label_size).reshape(num_classes, -1)
+    cls = official_roi_align(dense, box, 1).reshape(num_classes, 1)
+    logits = np.concatenate([cls, tokens], 1)
+    return np.exp(logits) / np.exp(logits).sum(0)
+
+
+@pytest.mark.parametrize("box", ["official", "corrected"])
+def test_label_map_read_out_matches_the_official_get_label(box):
+    """Crop boxes stored as the official does (float32 fractions, bottom = top + height); "official" reads what
+    get_label reads (the box mirrored across the diagonal), "corrected" what it reads of the unmirrored box."""
+    _, scores, classes = position_coded_image_and_map()
+    scores = scores + np.random.default_rng(0).uniform(0, 3, scores.shape).astype(np.float32)
+    other = {"official": "corrected", "corrected": "official"}[box]
+    boxes = ((10, 40, 70, 50, False), (0, 5, 100, 20, True), (33, 0, 9, 150, False), (97, 140, 3, 10, True))
+    for top, left, height, width, flipped in boxes:  # the last: rois widened to one cell, past the map's edge
+        fractions = np.float32([top / 100, left / 150, height / 100, width / 150])
+        coords = np.concatenate([fractions[:2], fractions[:2] + fractions[2:]])
+        geometry = {"box": tf.constant(coords), "flipped": tf.constant(flipped), "affine": tf.eye(3)}
+        geometry["size"] = tf.constant([100.0, 150.0])
+        maps = (scores[:, :, ::-1], classes[:, :, ::-1]) if flipped else (scores, classes)
+        reference = official_get_label(*maps, coords if box == "official" else coords[[1, 0, 3, 2]], 4)
+        cls_target, tokens = read_out(scores, classes, geometry, (4, 4), box)
+        np.testing.assert_allclose(cls_target, reference[:, 0], rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(tokens, reference[:, 1:].T, rtol=1e-4, atol=1e-7)
+        assert not np.allclose(read_out(scores, classes, geometry, (4, 4), other)[1], tokens, atol=1e-3)
+
+
+@pytest.mark.parametrize("outside", ["zero", "nearest"])
+def test_map_cells_moved_off_the_image_score_zero_or_take_the_nearest_cell(outside):
+    """TranslateX by half the width: the right half of the map comes from off the image."""
+    _, scores, classes = position_coded_image_and_map()
+    shift = tf.constant([[1.0, 0.0, 32.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # output -> input: x + 32
+    geometry = {"box": tf.constant([0.0, 0.0, 1.0, 1.0]), "flipped": tf.constant(False), "affine": shift}
+    geometry["size"] = tf.constant([64.0, 64.0])
+    _, tokens = read_out(scores, classes, geometry, (8, 8), "corrected", outside)
+    tokens = tokens.reshape(8, 8, 64)
+    row, col = np.arange(8)[:, None], np.arange(8)[None, :]
+    np.testing.assert_array_equal(np.argmax(tokens[:, :4], -1), classes[0][row, col[:, :4] + 4])
+    if outside == "zero":  # official: the constant fill scores 0, so the softmax is uniform
+        np.testing.assert_allclose(tokens[:, 4:], 1 / 64, rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(np.argmax(tokens[:, 4:], -1), np.broadcast_to(classes[0][:, 7:], (8, 4)))
 
 
 def write_label_maps(root, names_by_class, shape=(5, 6, 6), num_classes=1000, seed=0):
@@ -245,6 +410,10 @@ def test_missing_label_folder_and_wrong_class_count_are_clear(tmp_path, tiny_con
         ))  # fmt: skip
     with pytest.raises(ValueError, match="does not combine with mixup"):
         train.validate_config(tiny_config(token_label_dir="x", mixup=0.8), 1, 1)
+    with pytest.raises(ValueError, match="unknown input.token_label_box 'x'; choose one of official, corrected"):
+        train.validate_config(tiny_config(token_label_dir="x", token_label_box="x"), 1, 1)
+    with pytest.raises(ValueError, match="unknown input.token_label_outside 'x'; choose one of zero, nearest"):
+        train.validate_config(tiny_config(token_label_dir="x", token_label_outside="x"), 1, 1)
 
 
 def test_a_tiny_lvvit_run_trains_on_token_label_maps(tiny_imagenet, tiny_config, tmp_path):
@@ -279,7 +448,9 @@ def test_a_tiny_lvvit_run_trains_on_token_label_maps(tiny_imagenet, tiny_config,
     batch = next(pipeline.train_batches(
         source, config.input, image_size=64, seed=0, global_batch=4, start_step=0, token_grid=(4, 4)
     ))  # fmt: skip
-    assert batch["token_label_classes"].shape == (4, 16, 20) and batch["token_label_weights"].shape == (4, 16, 20)
+    # 6×6 maps read by a 4×4 grid: up to 2×2 samples per bin, 4 cells each, top-5; the class target all 36 cells.
+    assert batch["token_label_classes"].shape == (4, 16, 80) and batch["token_label_weights"].shape == (4, 16, 80)
+    assert batch["class_label_classes"].shape == (4, 180) and batch["class_label_weights"].shape == (4, 180)
     assert np.all(np.isin(batch["token_label_classes"], np.load(maps / "classes.npy")))
     with_maps = train_losses("maps", config)
     assert all(np.isfinite(with_maps))

@@ -164,6 +164,7 @@ def test_eval_only_reports_params_and_ema(tiny_config, tmp_path):
         ({"model.head": "attention"}, "unknown head 'attention'"),
         ({"model.remat": "dots"}, "unknown remat policy 'dots'"),
         ({"sharding": "tensor"}, "sharding must be 'data' or 'fsdp'"),
+        ({"model.bn_group_size": 3}, r"model.bn_group_size 3 does not divide the \(micro-\)batch of 8 images"),
     ],
 )
 def test_bad_config_stops_with_a_clear_message(tiny_config, tmp_path, changes, message):
@@ -225,6 +226,40 @@ def test_fsdp_shards_parameters_over_the_mesh():
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.strip().splitlines()[-1]) > 0.99  # all but biases and norms
+
+
+COLLECTIVES_SCRIPT = """
+import functools, re, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from sot_jax import optim, recipes, train, sharding
+config = recipes.base_config()
+config.model.update(name="deit_tiny_patch16_224", img_size=32, depth=1)
+config.batch_size, config.aug.mixup, config.aug.cutmix = 16, 0.8, 1.0
+mesh = Mesh(np.array(jax.devices()), ("data",))
+model = recipes.build_model(config.model, num_classes=10)
+abstract = jax.eval_shape(functools.partial(train.initial_state, model, config, 100))
+tx, schedule = optim.make_optimizer(config, abstract.params, 100)
+images = NamedSharding(mesh, P("data"))
+batch = {"image": jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.uint8, sharding=images),
+         "label": jax.ShapeDtypeStruct((16,), jnp.int32, sharding=images)}
+for config.aug.mix_group_size in (0, 2):
+    step = train.jit_train_step(model, tx, schedule, config, sharding.state_shardings(abstract, mesh, "data"), images)
+    print(len(re.findall(r" collective-permute(?:-start)?\\(", step.lower(abstract, batch).compile().as_text())))
+"""
+
+
+def test_mixing_within_each_device_batch_sends_no_images_between_devices():
+    """Mixup/CutMix partners of the reversed global batch live on other devices (collective-permutes of the images
+    and targets); with aug.mix_group_size equal to each device's batch (2 of 16 images on each of 8 devices) they
+    stay local."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", COLLECTIVES_SCRIPT], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    global_batch, per_device = map(int, result.stdout.split()[-2:])
+    assert global_batch > 0 and per_device == 0
 
 
 def test_two_processes_match_one(digits_dir, tiny_config, tmp_path):

@@ -6,8 +6,9 @@ and training resumes at any step by skipping records before they are loaded or d
 (crop, flip, RandAugment) is stateless, seeded by (seed, epoch, position in the epoch).
 
 Batches are dicts of numpy arrays: `image` uint8 (B, H, W, 3) (normalized on the accelerator) and `label` int32;
-training batches with token label maps add each token's sampled scores (`label_maps.sample_label_map`),
-evaluation batches add `mask` (0 for padding) and, for multi-label sets (ImageNet-ReaL), `real` multi-hot labels.
+training batches with token label maps add the tokens' and the class target's read-out of the map
+(`LABEL_MAP_KEYS`, `label_maps.sample_label_map`), evaluation batches add `mask` (0 for padding) and, for
+multi-label sets (ImageNet-ReaL), `real` multi-hot labels.
 
 An image that does not decode stops the run naming its file, or with `skip_bad_images` is skipped and logged;
 a skip shifts the rest of that epoch's batches by one image, so resuming inside such an epoch is not exact.
@@ -33,6 +34,8 @@ def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
 
 
 INTERPOLATIONS = ("bicubic", "bilinear", "random")
+# A label-map batch's (class, weight) pairs: tokens' (B, N, P), class target's (B, h·w·K).
+LABEL_MAP_KEYS = ("token_label_classes", "token_label_weights", "class_label_classes", "class_label_weights")
 
 
 def _resize(image: tf.Tensor, size: tuple[int, int] | tf.Tensor, method: str = "bicubic") -> tf.Tensor:
@@ -67,14 +70,19 @@ def crop_window(shape: tf.Tensor, seed: tf.Tensor, scale: tuple[float, float], r
     return tf.stack([top, left, h, w])
 
 
-def _random_resized_crop(
-    image_bytes: tf.Tensor, seed: tf.Tensor, input_config: Any, image_size: int
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """timm's random resized crop (`crop_window`), resized to image_size with `input_config.interpolation`
-    ("random": bilinear or bicubic, a coin flip per image, as timm's); also the crop box (top, left, bottom,
-    right) as fractions of the image.
+def _resize_crop(crop: tf.Tensor, seed: tf.Tensor, interpolation: str, image_size: int) -> tf.Tensor:
+    """The crop resized to image_size² with `interpolation` ("random": bilinear or bicubic, a coin flip per image,
+    as timm's)."""
+    size = (image_size, image_size)
+    if interpolation == "random":
+        bicubic = tf.random.stateless_uniform([], seed) < 0.5
+        return tf.cond(bicubic, lambda: _resize(crop, size, "bicubic"), lambda: _resize(crop, size, "bilinear"))
+    return _resize(crop, size, interpolation)
 
-    JPEGs are decoded only inside the crop window."""
+
+def _random_resized_crop(image_bytes: tf.Tensor, seed: tf.Tensor, input_config: Any, image_size: int) -> tf.Tensor:
+    """timm's random resized crop (`crop_window`) of the decoded image, resized to image_size with
+    `input_config.interpolation`. JPEGs are decoded only inside the crop window."""
     window_seed, method_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     is_jpeg = tf.io.is_jpeg(image_bytes)
     shape = tf.cond(is_jpeg, lambda: tf.image.extract_jpeg_shape(image_bytes), lambda: tf.shape(_decode(image_bytes)))
@@ -84,38 +92,55 @@ def _random_resized_crop(
         lambda: tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3),
         lambda: tf.slice(_decode(image_bytes), [window[0], window[1], 0], [window[2], window[3], 3]),
     )
-    size = (image_size, image_size)
-    if input_config.interpolation == "random":
-        bicubic = tf.random.stateless_uniform([], method_seed) < 0.5
-        image = tf.cond(bicubic, lambda: _resize(crop, size, "bicubic"), lambda: _resize(crop, size, "bilinear"))
-    else:
-        image = _resize(crop, size, input_config.interpolation)
-    extent = tf.cast(tf.tile(shape[:2], [2]), tf.float32)
-    box = tf.cast(tf.concat([window[:2], window[:2] + window[2:]], 0), tf.float32) / extent
-    return image, box
+    return _resize_crop(crop, method_seed, input_config.interpolation, image_size)
+
+
+def _flip(image: tf.Tensor, seed: tf.Tensor, input_config: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    if not input_config.hflip:
+        return image, tf.constant(False)
+    flipped = tf.random.stateless_uniform([], seed) < 0.5
+    return tf.cond(flipped, lambda: tf.image.flip_left_right(image), lambda: image), flipped
+
+
+def _randaugment(image: tf.Tensor, seed: tf.Tensor, input_config: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    if input_config.randaugment_layers <= 0:
+        return image, tf.eye(3)
+    return randaugment.randaugment(
+        image, seed, input_config.randaugment_layers, input_config.randaugment_magnitude,
+        input_config.randaugment_std, input_config.interpolation,
+    )  # fmt: skip
 
 
 def train_preprocess(
     image_bytes: tf.Tensor, seed: tf.Tensor, input_config: Any, image_size: int
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """The training image, and its geometry (what a token label map needs to follow it): `box`, the crop as
-    fractions of the original image (top, left, bottom, right); `flipped`; `affine`, RandAugment's output->input
-    pixel map (3×3)."""
+    """The training image (uint8, image_size²) and, with `input_config.token_label_dir`, its geometry.
+
+    Without label maps, timm's order: random resized crop, flip, RandAugment on the crop; the geometry is empty.
+    With them, the official token-labeling order (TokenLabeling's `transforms_imagenet_train`): flip, RandAugment
+    on the whole image, the random resized crop last; the geometry is what a label map needs to follow the image
+    (`label_maps.sample_label_map`): `flipped`; `affine`, RandAugment's output->input pixel map (3×3) at the
+    whole image's `size` (height, width); `box`, the crop (top, left, bottom, right) as fractions of the image,
+    in float32 as the official stores them (top + height, left + width)."""
     check_choice("input.interpolation", input_config.interpolation, INTERPOLATIONS)
     crop_seed, flip_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    image, box = _random_resized_crop(image_bytes, crop_seed, input_config, image_size)
-    flipped = tf.constant(False)
-    if input_config.hflip:
-        flipped = tf.random.stateless_uniform([], flip_seed) < 0.5
-        image = tf.cond(flipped, lambda: tf.image.flip_left_right(image), lambda: image)
-    affine = tf.eye(3)
-    if input_config.randaugment_layers > 0:
-        image, affine = randaugment.randaugment(
-            image, augment_seed, input_config.randaugment_layers, input_config.randaugment_magnitude,
-            input_config.randaugment_std, input_config.interpolation,
-        )  # fmt: skip
-    image = tf.ensure_shape(image, (image_size, image_size, 3))
-    return image, {"box": box, "flipped": flipped, "affine": affine}
+    if not input_config.token_label_dir:
+        image = _random_resized_crop(image_bytes, crop_seed, input_config, image_size)
+        image, _ = _flip(image, flip_seed, input_config)
+        image, _ = _randaugment(image, augment_seed, input_config)
+        return tf.ensure_shape(image, (image_size, image_size, 3)), {}
+    image, flipped = _flip(_decode(image_bytes), flip_seed, input_config)
+    image, affine = _randaugment(image, augment_seed, input_config)
+    window_seed, method_seed = tf.unstack(tf.random.experimental.stateless_split(crop_seed, 2))
+    shape = tf.shape(image)
+    window = crop_window(shape, window_seed, tuple(input_config.crop_scale), tuple(input_config.crop_ratio))
+    crop = tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+    image = _resize_crop(crop, method_seed, input_config.interpolation, image_size)
+    size = tf.cast(shape[:2], tf.float32)
+    fractions = tf.cast(tf.cast(window, tf.float64) / tf.cast(tf.tile(shape[:2], [2]), tf.float64), tf.float32)
+    box = tf.concat([fractions[:2], fractions[:2] + fractions[2:]], 0)
+    geometry = {"box": box, "flipped": flipped, "affine": affine, "size": size}
+    return tf.ensure_shape(image, (image_size, image_size, 3)), geometry
 
 
 def eval_preprocess(image_bytes: tf.Tensor, image_size: int, crop_pct: float) -> tf.Tensor:
@@ -202,7 +227,7 @@ def train_batches(
     """Endless training batches from `start_step` on (per-process slices of the global batches).
 
     `input_config` is the config's `input` group. With `input_config.token_label_dir`, each example also carries
-    `token_label_classes` int32 and `token_label_weights` float32, (N, 4K) for the model's `token_grid`."""
+    `LABEL_MAP_KEYS` (classes int32, weights float32) for the model's `token_grid`."""
     label_maps = None
     if input_config.token_label_dir:
         if "file_name" not in source.features:
@@ -240,8 +265,9 @@ def train_batches(
 
         def sample_labels(features):
             scores, classes = label_maps.lookup(features.pop("file_name"))
-            pairs = sample_label_map(scores, classes, features.pop("geometry"), token_grid, image_size)
-            features["token_label_classes"], features["token_label_weights"] = pairs
+            box, outside = input_config.token_label_box, input_config.token_label_outside
+            pairs = sample_label_map(scores, classes, features.pop("geometry"), token_grid, box, outside)
+            features.update(zip(LABEL_MAP_KEYS, pairs, strict=True))
             return features
 
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()

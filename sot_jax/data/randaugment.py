@@ -76,11 +76,13 @@ def _affine(image: tf.Tensor, matrix: tf.Tensor, method: str) -> tf.Tensor:
     map [a, b, c, d, e, f] in pixel indices (x_in = a x + b y + c, y_in = d x + e y + f): an output pixel whose
     source lies off the image takes the fill colour; otherwise bilinear or bicubic (a = -1) interpolation with
     neighbours clamped to the border, clipped and truncated to uint8, as PIL does."""
-    height, width = image.shape[0], image.shape[1]
-    rows, cols = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
+    height, width = tf.unstack(tf.shape(image)[:2])  # dynamic: with label maps it runs on the whole decoded image
+    rows, cols = tf.meshgrid(tf.range(height), tf.range(width), indexing="ij")
+    rows, cols = tf.cast(rows, tf.float32), tf.cast(cols, tf.float32)
     a, b, c, d, e, f = tf.unstack(matrix)
     x, y = a * cols + b * rows + c, d * cols + e * rows + f
-    inside = (x >= -0.5) & (x < width - 0.5) & (y >= -0.5) & (y < height - 0.5)  # PIL tests pixel edges
+    h_edge, w_edge = tf.cast(height, tf.float32) - 0.5, tf.cast(width, tf.float32) - 0.5
+    inside = (x >= -0.5) & (x < w_edge) & (y >= -0.5) & (y < h_edge)  # PIL tests pixel edges
     x0, y0 = tf.floor(x), tf.floor(y)
     dx, dy = x - x0, y - y0
     if method == "bicubic":

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sot_jax.errors import UserError, check_choice
+from sot_jax.errors import UserError, check_choice, group_count
 
 Dtype = Any
 
@@ -64,9 +64,64 @@ def conv(features: int, kernel: tuple[int, int], name: str, dtype: Dtype, **kwar
     return Conv(features, kernel, dtype=dtype, name=name, **kwargs)
 
 
-def batch_norm(name: str, train: bool, dtype: Dtype) -> nn.BatchNorm:
-    """PyTorch's BatchNorm2d defaults: momentum 0.1 (Flax: 0.9), eps 1e-5."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+def group_statistics(x: jax.Array, groups: int) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and biased variance (groups, C) of each run of B / groups consecutive images of x (B, ..., C),
+    in at least float32, the variance as E[x²] − E[x]² (one fused pass, as Flax's BatchNorm). A reshape to
+    (groups, group, ...) and a mean over the group's axes: with the batch sharded over devices and the group
+    dividing the per-device batch, no statistic crosses a device."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32)).reshape(groups, -1, *x.shape[1:])
+    axes = tuple(range(1, x.ndim - 1))
+    mean, mean_of_squares = jnp.mean(x, axes), jnp.mean(jnp.square(x), axes)
+    return mean, jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
+
+
+class BatchNorm(nn.Module):
+    """PyTorch's BatchNorm2d (momentum 0.1, eps 1e-5) over the last axis of (B, ..., C), optionally with one set of
+    training statistics per run of `bn_group_size` consecutive images.
+
+    The official SoT and LV-ViT runs train on 8 GPUs without SyncBN, so each BatchNorm normalizes with the
+    statistics of one GPU's batch; `bn_group_size` set to that batch reproduces this (0: the whole batch; a batch
+    no larger than the group is one group; otherwise the group must divide it). Training normalizes by each
+    group's biased variance and updates the running variance with the unbiased one (n / (n − 1), n values per
+    channel in a group), as PyTorch does (Flax's `nn.BatchNorm` keeps the biased one). The running statistics
+    move towards the mean over groups of the group statistics: PyTorch DDP broadcasts rank 0's buffers, so the
+    official ones are group 0's moving average, and the mean over groups has the same expectation with less
+    noise. Evaluation uses the running statistics. Variables as `nn.BatchNorm`'s: params scale and bias,
+    batch_stats mean and var (what checkpoint conversion maps to weight, bias, running_mean, running_var).
+    """
+
+    bn_group_size: int = 0
+    dtype: Dtype = jnp.float32
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool, normalize: jax.Array | None = None) -> jax.Array:
+        """Normalize x; or, given `normalize` (B, ..., C), normalize that array with the statistics of x instead.
+        Normalizing a per-image average of x's pixels (a transition's 2×2 pooling) so gives the average of the
+        normalized x: the normalization is affine per channel within each group."""
+        features = x.shape[-1]
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        if train:
+            mean, var = group_statistics(x, group_count(x.shape[0], self.bn_group_size, "bn_group_size"))
+            if not self.is_initializing():
+                count = x.size // (mean.shape[0] * features)
+                unbiased = var * (count / max(count - 1, 1))
+                m = self.momentum
+                running_mean.value = (1 - m) * running_mean.value + m * jnp.mean(mean, axis=0)
+                running_var.value = (1 - m) * running_var.value + m * jnp.mean(unbiased, axis=0)
+        else:
+            mean, var = running_mean.value[None], running_var.value[None]
+        y = x if normalize is None else normalize
+        groups = mean.shape[0]
+        # Each group's statistics over its images: (groups, 1, ..., 1, C) against y as (groups, B / groups, ..., C).
+        stats_shape = (groups,) + (1,) * (y.ndim - 1) + (features,)
+        mean, multiplier = mean.reshape(stats_shape), (jax.lax.rsqrt(var + self.epsilon) * scale).reshape(stats_shape)
+        y = (y.reshape(groups, -1, *y.shape[1:]) - mean) * multiplier + bias
+        return y.reshape(-1, *y.shape[2:]).astype(self.dtype)
 
 
 class PatchConv(nn.Module):
@@ -149,10 +204,10 @@ def attention_implementation(choice: str, dtype: Dtype) -> str:
 
 def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """cuDNN's fused attention on (B, N, heads, head_dim). It refuses some shapes, so both are zero-padded: tokens
-    to a multiple of 64 (its backward refuses 197) with the padding masked out as keys, and the head dim to a
-    multiple of 8 (SoT-Tiny's 60, SoT-Base's 66) with the softmax scale of the true head dim."""
+    to a multiple of 8 (it refuses 197; `bench/attention_padding.py`) with the padding masked out as keys, and the
+    head dim to a multiple of 8 (SoT-Tiny's 60, SoT-Base's 66) with the softmax scale of the true head dim."""
     batch, tokens, _, head_dim = q.shape
-    padded_tokens, padded_dim = -(-tokens // 64) * 64, -(-head_dim // 8) * 8
+    padded_tokens, padded_dim = -(-tokens // 8) * 8, -(-head_dim // 8) * 8
     pad = lambda t: jnp.pad(t, ((0, 0), (0, padded_tokens - tokens), (0, 0), (0, padded_dim - head_dim)))  # noqa: E731
     lengths = jnp.full((batch,), tokens, jnp.int32)
     out = jax.nn.dot_product_attention(

@@ -12,31 +12,35 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sot_jax.models.layers import Dtype, batch_norm, conv
+from sot_jax.models.layers import BatchNorm, Dtype, conv
 from sot_jax.models.spec import ModelSpec
 
 
 class ConvStem(nn.Module):
+    """`bn_group_size`: the BatchNorm statistics per run of that many images (`layers.BatchNorm`)."""
+
     embed_dim: int
     channels: int = 64
     dtype: Dtype = jnp.float32
+    bn_group_size: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = conv(self.channels, (7, 7), "conv1", self.dtype, strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False)(
             x
         )
-        x = nn.relu(batch_norm("bn1", train, self.dtype)(x))
+        x = nn.relu(BatchNorm(self.bn_group_size, self.dtype, name="bn1")(x, train))
         for i in (2, 3):
             x = conv(self.channels, (3, 3), f"conv{i}", self.dtype, padding=((1, 1), (1, 1)), use_bias=False)(x)
-            x = nn.relu(batch_norm(f"bn{i}", train, self.dtype)(x))
+            x = nn.relu(BatchNorm(self.bn_group_size, self.dtype, name=f"bn{i}")(x, train))
         return conv(self.embed_dim, (8, 8), "proj", self.dtype, strides=(8, 8), padding="VALID")(x)
 
 
 def _lvvit(embed_dim: int, depth: int, num_heads: int, skip_lam: float, stem_channels: int = 64) -> ModelSpec:
     return ModelSpec(
         family="lvvit",
-        stem=lambda dim, dtype: ConvStem(dim, stem_channels, dtype),
+        stem=lambda dim, dtype, bn_group_size=0: ConvStem(dim, stem_channels, dtype, bn_group_size),
+        stem_options=("bn_group_size",),
         stride=16,
         backbone=dict(
             embed_dim=embed_dim,

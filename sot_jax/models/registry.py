@@ -17,13 +17,15 @@ from sot_jax.models.vision_transformer import VisionTransformer, hvt_pooled_leng
 
 _REGISTRY: dict[str, ModelSpec] = {**deit.MODELS, **sot.MODELS, **hvt.MODELS, **lvvit.MODELS}
 
-# create_model's keywords: the trunk's options, then the head's (`heads.HEAD_OPTIONS`); the same names are the
-# `config.model` keys of the trainer.
+# create_model's keywords: the trunk's options, the stem's (taken by the stems whose `ModelSpec.stem_options` name
+# them, ignored by the others), then the head's (`heads.HEAD_OPTIONS`); the same names are the `config.model` keys
+# of the trainer.
 BACKBONE_OPTIONS = (
     "img_size", "drop_path_rate", "dropout", "dtype", "embed_dim", "depth", "num_heads", "mlp_hidden",
     "pool_block_width", "attention", "remat",
 )  # fmt: skip
-OPTIONS = (*BACKBONE_OPTIONS, *HEAD_OPTIONS)
+STEM_OPTIONS = ("bn_group_size", "stem_impl")
+OPTIONS = (*BACKBONE_OPTIONS, *STEM_OPTIONS, *HEAD_OPTIONS)
 
 
 def list_models() -> list[str]:
@@ -42,10 +44,13 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> Vision
     """Build a registered model. Overrides: img_size, drop_path_rate, dropout, dtype (compute dtype; parameters
     stay float32), attention ("auto", "xla" or "cudnn"), remat (None or a `layers.REMAT_POLICIES` name: recompute
     inside each transformer block in the backward pass, for larger batches), the trunk's embed_dim, depth,
-    num_heads, mlp_hidden (and HVT's pool_block_width), and for the head (`heads.ClassifierHead`): head, fusion,
-    svpn, svpn_alpha, wr_dim, mgcrp_heads, head_dropout, gem_groups (ggem; default the backbone's attention
-    heads), gem_positive. A bad value raises `UserError` naming it and the valid choices. Text model names
-    (`text.TEXT_MODELS`) go to `text.create_text_model` with its own options."""
+    num_heads, mlp_hidden (and HVT's pool_block_width), bn_group_size (SoT's and LV-ViT's stem BatchNorm: 0
+    normalizes over the whole batch, > 0 over each run of that many images in training, e.g. one GPU's batch of
+    the official runs without SyncBN; models without BatchNorm ignore it), stem_impl (SoT's dense layers: "auto",
+    "xla" or "pallas", `sot.stem_implementation`; other stems ignore it), and for the head
+    (`heads.ClassifierHead`): head, fusion, svpn, svpn_alpha, wr_dim, mgcrp_heads, head_dropout, gem_groups (ggem;
+    default the backbone's attention heads), gem_positive. A bad value raises `UserError` naming it and the valid
+    choices. Text model names (`text.TEXT_MODELS`) go to `text.create_text_model` with its own options."""
     if name in text.TEXT_MODELS:
         return text.create_text_model(name, num_classes, **overrides)
     spec = get_spec(name)
@@ -54,6 +59,11 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> Vision
         raise UserError(f"unknown option(s) {', '.join(sorted(unknown))} for {name}; valid: {', '.join(OPTIONS)}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
+    bn_group_size = overrides.get("bn_group_size", 0)
+    if not isinstance(bn_group_size, int) or bn_group_size < 0:
+        raise UserError(f"bn_group_size must be a non-negative integer, got {bn_group_size!r}")
+    sot.stem_implementation(overrides.get("stem_impl", "auto"))
+    stem_options = {k: v for k, v in overrides.items() if k in spec.stem_options}
     backbone = {**spec.backbone, **{k: v for k, v in overrides.items() if k in BACKBONE_OPTIONS}}
     if backbone["embed_dim"] % backbone["num_heads"]:
         raise UserError(f"embed_dim {backbone['embed_dim']} is not divisible by num_heads {backbone['num_heads']}")
@@ -62,7 +72,7 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> Vision
     dtype = backbone.get("dtype", jnp.float32)
     model = VisionTransformer(
         model_name=name,
-        stem=spec.stem(backbone["embed_dim"], dtype),
+        stem=spec.stem(backbone["embed_dim"], dtype, **stem_options),
         stride=spec.stride,
         num_classes=num_classes,
         head=head,

@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sot_jax.models.layers import Dtype, batch_norm, conv, conv_bias_init, conv_init
+from sot_jax.errors import check_choice
+from sot_jax.models import dense_kernel
+from sot_jax.models.layers import BatchNorm, Dtype, conv, conv_bias_init, conv_init
 from sot_jax.models.spec import ModelSpec
 
 TOKEN_DIM = 64
@@ -27,13 +29,40 @@ BOTTLENECK = 2 * GROWTH
 TRANSITION_WIDTH = 128
 
 
+STEM_IMPLEMENTATIONS = ("auto", "xla", "pallas")
+
+
+def stem_implementation(choice: str) -> str:
+    """How the dense layers run: "xla" (two convolutions, the reference), "pallas" (`dense_kernel.dense_layer`,
+    fused; interpret mode off the GPU, for tests). "auto" is "xla" everywhere: the kernel is slower than cuDNN on
+    an H100 (BENCHMARKS.md)."""
+    check_choice("stem_impl", choice, STEM_IMPLEMENTATIONS)
+    return "xla" if choice == "auto" else choice
+
+
+class _Kernel(nn.Module):
+    """A convolution kernel parameter alone (named like `layers.Conv`'s), for layers computed by a Pallas kernel."""
+
+    shape: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        return self.param("kernel", conv_init, self.shape, jnp.float32)
+
+
 class DenseLayer(nn.Module):
     """timm 0.3.4 with its default norm_layer=ReLU: ReLU → Conv1x1 → ReLU → Conv3x3, no BatchNorm."""
 
     dtype: Dtype = jnp.float32
+    impl: str = "auto"  # STEM_IMPLEMENTATIONS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if stem_implementation(self.impl) == "pallas":
+            w1 = _Kernel((1, 1, x.shape[-1], BOTTLENECK), name="conv1")()
+            w2 = _Kernel((3, 3, BOTTLENECK, GROWTH), name="conv2")()
+            interpret = jax.default_backend() != "gpu"
+            return dense_kernel.dense_layer(x.astype(self.dtype), w1, w2, interpret=interpret)
         x = conv(BOTTLENECK, (1, 1), "conv1", self.dtype, use_bias=False)(nn.relu(x))
         return conv(GROWTH, (3, 3), "conv2", self.dtype, use_bias=False, padding=((1, 1), (1, 1)))(nn.relu(x))
 
@@ -41,23 +70,33 @@ class DenseLayer(nn.Module):
 class DenseBlock(nn.Module):
     num_layers: int = 6
     dtype: Dtype = jnp.float32
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = [x]
         for i in range(self.num_layers):
-            features.append(DenseLayer(self.dtype, name=f"denselayer{i + 1}")(jnp.concatenate(features, axis=-1)))
+            layer = DenseLayer(self.dtype, self.impl, name=f"denselayer{i + 1}")
+            features.append(layer(jnp.concatenate(features, axis=-1)))
         return jnp.concatenate(features, axis=-1)
 
 
 class DenseTransition(nn.Module):
+    """BatchNorm → Conv1x1 → AvgPool2, computed at the pooled resolution: the BatchNorm statistics come from the
+    full-resolution input (or are the running ones), then the input is average-pooled and normalized and the 1×1
+    conv applied. Normalization and the 1×1 conv are affine per pixel, so they commute with averaging an image's
+    pixels: the same function (and running-statistic update) with 4× fewer pixels for the normalization and the
+    conv. Same variables as the plain order (norm/{scale, bias, mean, var}, conv/kernel)."""
+
     dtype: Dtype = jnp.float32
+    bn_group_size: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = batch_norm("norm", train, self.dtype)(x)
-        x = conv(TRANSITION_WIDTH, (1, 1), "conv", self.dtype, use_bias=False)(x)
-        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+        # Pooled in at least float32, as the normalization computes.
+        pooled = nn.avg_pool(x.astype(jnp.promote_types(x.dtype, jnp.float32)), (2, 2), strides=(2, 2))
+        x = BatchNorm(self.bn_group_size, self.dtype, name="norm")(x, train, normalize=pooled)
+        return conv(TRANSITION_WIDTH, (1, 1), "conv", self.dtype, use_bias=False)(x)
 
 
 def _offset_placement() -> np.ndarray:
@@ -129,10 +168,14 @@ _max_over_candidates.defvjp(_max_over_candidates_fwd, _max_over_candidates_bwd)
 
 
 class DenseNetStem(nn.Module):
-    """SoT's "DenseNet" token embedding: stride 16, (B, H, W, 3) -> (B, H/16, W/16, embed_dim)."""
+    """SoT's "DenseNet" token embedding: stride 16, (B, H, W, 3) -> (B, H/16, W/16, embed_dim). `bn_group_size`:
+    the transitions' BatchNorm statistics per run of that many images (`layers.BatchNorm`); `stem_impl`: how the
+    dense layers run (`stem_implementation`)."""
 
     embed_dim: int
     dtype: Dtype = jnp.float32
+    bn_group_size: int = 0
+    stem_impl: str = "auto"  # STEM_IMPLEMENTATIONS
 
     def conv_and_pool(self, x: jax.Array) -> jax.Array:
         """Conv3x3(3→64) → MaxPool(3, s2), computed by `ConvMaxPool`."""
@@ -142,15 +185,16 @@ class DenseNetStem(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = self.conv_and_pool(x)
         for stage in range(3):
-            x = DenseBlock(dtype=self.dtype, name=f"stage_{2 * stage}")(x)
-            x = DenseTransition(self.dtype, name=f"stage_{2 * stage + 1}")(x, train)
+            x = DenseBlock(dtype=self.dtype, impl=self.stem_impl, name=f"stage_{2 * stage}")(x)
+            x = DenseTransition(self.dtype, self.bn_group_size, name=f"stage_{2 * stage + 1}")(x, train)
         return conv(self.embed_dim, (1, 1), "transition", self.dtype)(x)
 
 
 def _sot(embed_dim: int, depth: int, num_heads: int, mlp_hidden: int, wr_dim: int, head_dropout: float) -> ModelSpec:
     return ModelSpec(
         family="sot",
-        stem=lambda dim, dtype: DenseNetStem(dim, dtype),
+        stem=lambda dim, dtype, bn_group_size=0, stem_impl="auto": DenseNetStem(dim, dtype, bn_group_size, stem_impl),
+        stem_options=("bn_group_size", "stem_impl"),
         stride=16,
         backbone=dict(
             embed_dim=embed_dim,
