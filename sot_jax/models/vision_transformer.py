@@ -44,7 +44,8 @@ class VisionTransformer(nn.Module):
     `__call__(images, train, mix_box)`: images are float NHWC of `img_size`, normalized. Returns float32 logits
     (B, num_classes), or in training for the `sum_loss` fusion and the LV-ViT `token_label` head,
     `heads.PairedLogits`. `mix_box` (top, left, bottom, right
-    on the token grid) applies MixToken (`token_labels.mix_tokens`); token logits come back un-mixed. Training
+    on the token grid; (4,) for the batch or (G, 4), one per group of B/G images) applies MixToken
+    (`token_labels.mix_tokens`); token logits come back un-mixed. Training
     needs the rng stream 'dropout' (dropout and drop path) and, for stems with BatchNorm, `mutable=['batch_stats']`.
     """
 
