@@ -24,7 +24,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from sot_jax import augment, checkpoints, evaluate, models, optim, recipes, seeds, sharding, token_labels
-from sot_jax.errors import UserError, check_choice
+from sot_jax.errors import UserError, check_choice, group_count
 
 
 @flax.struct.dataclass
@@ -64,8 +64,10 @@ def validate_config(config: Any, num_devices: int, process_count: int) -> None:
         micro_batch = config.batch_size // config.optim.grad_accum_steps
         mix_group = config.aug.get("mix_group_size") or 0  # text configs have no image mixing
         for key, group in (("aug.mix_group_size", mix_group), ("model.bn_group_size", bn_group)):
-            if group and group < micro_batch and micro_batch % group:
-                problems.append(f"{key} {group} does not divide the (micro-)batch of {micro_batch} images")
+            try:  # the step would raise this at its first trace; say it before anything is built
+                group_count(micro_batch, group, key)
+            except UserError as error:
+                problems.append(str(error))
     if config.sharding not in ("data", "fsdp"):
         problems.append(f"sharding must be 'data' or 'fsdp', got {config.sharding!r}")
     if config.eval_only and not config.init_from:
