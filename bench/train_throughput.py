@@ -26,6 +26,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 MODELS = ["sot_tiny", "sot_small", "sot_base", "deit_small_sot", "deit_small_patch16_224", "hvt_s_1", "lvvit_s"]
 
@@ -104,6 +105,7 @@ def bench_one(spec: str, batch: int, steps: int, profile_dir: str | None, batch_
     from sot_jax import optim, recipes, train
 
     name, overrides = parse_model(spec)
+    flat_optimizer = overrides.pop("flat_optimizer", False)
     config = recipes.base_config()
     config.model.name = name
     config.model.update(overrides)
@@ -113,6 +115,10 @@ def bench_one(spec: str, batch: int, steps: int, profile_dir: str | None, batch_
     model = recipes.build_model(config.model, num_classes=1000)
     state = jax.jit(functools.partial(train.initial_state, model, config, 10_000))()
     tx, schedule = optim.make_optimizer(config, state.params, total_steps=10_000)
+    if flat_optimizer:  # AdamW over one flat buffer (decay on every parameter: the same elementwise work)
+        o = config.optim
+        tx = optax.flatten(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+        state = state.replace(opt_state=jax.jit(tx.init)(state.params))
     data = jax.tree.map(jnp.asarray, synthetic_batch(batch))
 
     def step_of(variant):  # the timed model, or its XLA-attention twin whose jaxpr shows every FLOP
@@ -240,7 +246,8 @@ def largest_batch(spec: str, args: argparse.Namespace, row: dict) -> int | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", default=MODELS, help="names, optionally with create_model overrides: "
-                        "sot_small:head=cls or sot_small:svpn=svd,svpn_alpha=0.5")  # fmt: skip
+                        "sot_small:head=cls or sot_small:svpn=svd,svpn_alpha=0.5; flat_optimizer=true: AdamW "
+                        "under optax.flatten")  # fmt: skip
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-batch-augment", action="store_true", help="no erasing/Mixup/CutMix in the step")
