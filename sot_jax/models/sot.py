@@ -35,8 +35,8 @@ STEM_IMPLEMENTATIONS = ("auto", "xla", "pallas")
 def stem_implementation(choice: str) -> str:
     """How the dense layers run: "xla" (two convolutions, the reference), "pallas" (`dense_kernel.dense_layer`,
     fused; interpret mode off the GPU, for tests). "auto" is "xla" everywhere: on a GPU the kernel is correct and
-    up to 1.17× faster per layer, but the whole stem with it was slower than XLA's stem with conv fusion on
-    (BENCHMARKS.md, round two)."""
+    up to 1.17× faster per layer, but the whole stem with it was slower than XLA's, with or without XLA's conv
+    fusion (BENCHMARKS.md, round two)."""
     check_choice("stem_impl", choice, STEM_IMPLEMENTATIONS)
     return "xla" if choice == "auto" else choice
 
