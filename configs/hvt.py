@@ -19,8 +19,7 @@ VARIANT (default hvt_s_1) and published ImageNet top-1: hvt_ti_1 69.64, hvt_s_0 
 hvt_s_2 77.36, hvt_s_3 76.32, scale_hvt_ti_4 75.23. Hardware: 8 GPUs; no training time published.
 1 H200 (this code's training rate in BENCHMARKS.md, synthetic data, evaluation not counted): hvt_s_1 8 h.
 
-Kept different from the official code: images are decoded and resized by TensorFlow (antialiased like PIL, mean
-error under 0.5 grey levels), not PIL; no mixed-precision loss scaling (bf16 compute).
+Kept different from the official code: no mixed-precision loss scaling (bf16 compute).
 
 `digits` is the embedded-dataset demo (a 2-block HVT, a few minutes on a 2-core CPU).
 """

@@ -34,12 +34,12 @@ code's training rate in BENCHMARKS.md, synthetic data, evaluation not counted): 
 BatchNorm in the convolutional stem normalizes with each GPU's 128 images, as the official runs without SyncBN do
 (model.bn_group_size 128; the running statistics follow the mean over groups, the official rank 0's group alone).
 
-Kept different from the official code: RandAugment moves
-the label map by tracing each map cell's centre back through the composed geometric ops in the image's own pixel
-geometry to its nearest original cell, where the official resamples the square map by nearest neighbour in map
-coordinates at each op (rounding at every op, rotating about a point half a cell off the centre, and on
-non-square images rotating and shearing the map unlike the image); images are decoded and resized by TensorFlow
-(antialiased like PIL, mean error under 0.5 grey levels), not PIL; no mixed-precision loss scaling (bf16 compute).
+RandAugment moves the label map as the official does (input.token_label_resample=official): the square map
+resampled by nearest neighbour in its own cell coordinates at each op (rounding at every op, rotating about a point
+half a cell off the centre, and on non-square images rotating and shearing the map unlike the image); `traced`
+follows each cell's centre through the composed ops in the image's own pixel geometry instead.
+
+Kept different from the official code: no mixed-precision loss scaling (bf16 compute).
 
 `digits` is the embedded-dataset demo: a 2-block LV-ViT at 64 px (4×4 tokens) with MixToken and the dense loss on
 image labels (the embedded set has no label maps): 91% val top-1 after about 7 minutes on a 2-core CPU.

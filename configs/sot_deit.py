@@ -34,8 +34,7 @@ training rate BENCHMARKS.md measured, synthetic data, evaluation not counted):
 The SoT stem's BatchNorms (the transitions) normalize with each GPU's 128 images (base 64), as the official runs
 without SyncBN do (model.bn_group_size).
 
-Kept different from the official code (see README "Recipe fidelity"): images are decoded and resized by
-TensorFlow (antialiased like PIL, mean error under 0.5 grey levels), not PIL; no mixed-precision loss scaling (bf16
+Kept different from the official code (see README "Recipe fidelity"): no mixed-precision loss scaling (bf16
 compute); BatchNorm's running statistics follow the mean over the groups' statistics, not rank 0's group alone.
 
 Evaluation: ImageNet val, and ImageNet-A (its 200 classes), ImageNet-V2 and ReaL when prepared in the data dir

@@ -6,7 +6,7 @@ r"""SoT on language transformers: GLUE fine-tuning with the SoT text head (SPEC 
 
 VARIANT is `MODEL,TASK`: MODEL one of bert_base, bert_large, roberta_base, roberta_large, gpt, gpt2 (the baseline
 heads of HF's *ForSequenceClassification) or the same with `_sot` (the official SoT text head); TASK one of cola,
-rte, mnli, qnli, sst2 (TFDS `glue/TASK`, prepared with `tfds build glue/TASK --data_dir=DATA`). HF_DIR is what
+rte, mnli, qnli, sst2 (TFDS `glue/TASK`, `python -m sot_jax.prepare glue/TASK --data_dir=DATA`). HF_DIR is what
 `save_pretrained` writes (e.g. bert-base-cased); `--config.vocab` is its `vocab.txt` (WordPiece) or the folder
 holding `vocab.json` and `merges.txt` (BPE: RoBERTa, GPT); `--config.input.lower_case=True` as the official
 command's `--do_lower_case`.

@@ -87,7 +87,27 @@ def checkpoint_manager(workdir: Path, config: Any) -> ocp.CheckpointManager:
         ]
     )
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True, create=True)
-    return ocp.CheckpointManager(workdir / "checkpoints", options=options, item_names=("state", "meta"))
+    return ocp.CheckpointManager(workdir / "checkpoints", options=options, item_names=("state", "meta", "data"))
+
+
+def save_args(state: Any, meta: dict[str, Any], batches: Any) -> ocp.args.Composite:
+    """A training checkpoint: the state, the run's metadata, and the input iterator's position (Grain's handler;
+    `batches.snapshot()` freezes it, since the write is asynchronous)."""
+    import grain
+
+    return ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
+        data=grain.checkpoint.CheckpointSave(batches.snapshot()),
+    )  # fmt: skip
+
+
+def restore_input_position(manager: ocp.CheckpointManager, step: int, batches: Any) -> None:
+    """Set `batches` to the input position saved in checkpoint `step` (checkpoints written before positions were
+    saved have none: `batches` then stays where it was made, at the state's step)."""
+    import grain
+
+    if (Path(manager.directory) / str(step) / "data").is_dir():
+        manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(batches)))
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ INFO/WARNING lines
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # if TensorFlow loads (preparing a dataset): no C++ INFO lines
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -83,9 +83,6 @@ def main(argv: list[str]) -> None:
     if not config.eval_only and not _WORKDIR.value:
         raise UserError("--workdir is required for training")
     initialize_distributed()
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")  # tf.data runs on the CPU; TensorFlow never takes accelerator memory
     from sot_jax import evaluate, train
 
     if config.eval_only:

@@ -2,9 +2,9 @@
 
 Layout: the keys users type most sit at the top (`dataset`, `data_dir`, `batch_size`, `total_steps`, `lr`, `seed`,
 `*_every_steps`); the rest is grouped: `model` (the registry name, compute dtype, and every `create_model` keyword
-under its own name), `input` (tf.data: splits, crop, flip, RandAugment, token label maps), `aug` (on the
-accelerator: erasing, Mixup/CutMix, MixToken, label smoothing), `optim` (AdamW, schedule, EMA, loss weights) and
-`evals` (named evaluation sets).
+under its own name), `input` (the workers' PIL transforms: splits, crop, flip, RandAugment, token label maps),
+`aug` (on the accelerator: erasing, Mixup/CutMix, MixToken, label smoothing), `optim` (AdamW, schedule, EMA, loss
+weights) and `evals` (named evaluation sets).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def eval_set(
     )  # fmt: skip
 
 
-# ImageNet's extra evaluation sets, used when prepared in the data dir (`tfds build NAME --data_dir=...`).
+# ImageNet's extra evaluation sets, used when prepared in the data dir (`python -m sot_jax.prepare NAME`).
 IMAGENET_EVALS = {
     "imagenet_a": eval_set("imagenet_a", "test", optional=True, label_subset=True),
     "imagenet_v2": eval_set("imagenet_v2", "test", optional=True),
@@ -90,7 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.input.token_label_dir = ""  # token label maps from `python -m sot_jax.convert_labels` (empty: image label)
     config.input.token_label_box = "official"  # map read-out: "official" (box mirrored on the diagonal) or "corrected"
     config.input.token_label_outside = "zero"  # map cells RandAugment moved off the image: "zero" scores or "nearest"
-    config.input.skip_bad_images = False  # True: skip (and log) files that do not decode instead of stopping
+    config.input.token_label_resample = "official"  # the map under RandAugment: "official" per-op or "traced" geometry
+    config.input.skip_bad_images = False  # True: replace (and log) files that do not decode instead of stopping
+    config.input.workers = -1  # image-transform processes per host (Grain); -1: one per core; 0: in this process
 
     config.aug = ml_collections.ConfigDict()
     config.aug.random_erasing = 0.25
@@ -272,7 +274,7 @@ def describe(config: ml_collections.ConfigDict) -> str:
                 f"{i.token_label_outside}, target smoothing {a.token_label_smoothing}"
             )
         inputs = [
-            "augmentation (tf.data): " + ", ".join(train_aug),
+            "augmentation (workers, PIL): " + ", ".join(train_aug),
             "augmentation (accelerator, in order): " + ", ".join(batch_aug),
             *token_labels,
             f"eval: resize {resize} bicubic, centre crop {config.model.img_size} (crop_pct {i.eval_crop_pct:g}); "

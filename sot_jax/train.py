@@ -3,7 +3,8 @@ checkpoint, on every process of a multi-host job.
 
 The step (`train_step`) is a pure function of the state and a batch, jitted over the device mesh. Its neighbours:
 `optim` (AdamW and the schedule), `sharding` (mesh and shardings), `checkpoints` (all checkpoint I/O), `evaluate`
-(eval sets and top-k), `data` (tf.data input), `augment`/`token_labels` (batch augmentation on the accelerator).
+(eval sets and top-k), `data` (the Grain input pipeline), `augment`/`token_labels` (batch augmentation on the
+accelerator).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import functools
 import json
 import math
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,10 +75,11 @@ def validate_config(config: Any, num_devices: int, process_count: int) -> None:
     if config.eval_only and not config.init_from:
         problems.append("eval_only needs init_from=DIR (a converted or trained checkpoint)")
     if config.input.token_label_dir:
-        from sot_jax.data import label_maps  # TensorFlow, which reading the maps needs anyway
+        from sot_jax.data import label_maps
 
         check_choice("input.token_label_box", config.input.token_label_box, label_maps.BOXES)
         check_choice("input.token_label_outside", config.input.token_label_outside, label_maps.OUTSIDES)
+        check_choice("input.token_label_resample", config.input.token_label_resample, label_maps.RESAMPLES)
         check_choice("aug.token_label_smoothing", config.aug.token_label_smoothing, token_labels.SMOOTHINGS)
         if config.aug.mixup > 0 or config.aug.cutmix > 0:
             problems.append(
@@ -232,28 +235,35 @@ def initial_state(model: Any, config: Any, total_steps: int) -> TrainState:
 
 
 class MetricsLog:
-    """metrics.jsonl and TensorBoard scalars, written by process 0."""
+    """metrics.jsonl and TensorBoard scalars (an event file written with TensorBoard's record writer: no
+    TensorFlow), written by process 0."""
 
     def __init__(self, workdir: Path, enabled: bool):
         self.enabled = enabled
         self.path = workdir / "metrics.jsonl"
-        self.writer = None
+        self.events = None
         if enabled:
-            import tensorflow as tf
+            from tensorboard.compat.proto.event_pb2 import Event
+            from tensorboard.summary.writer.record_writer import RecordWriter
 
-            self.writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+            folder = workdir / "tensorboard"
+            folder.mkdir(parents=True, exist_ok=True)
+            self.file = (folder / f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}").open("wb")
+            self.events = RecordWriter(self.file)
+            self.events.write(Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\n")
-        import tensorflow as tf
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
 
-        with self.writer.as_default():
-            for key, value in values.items():
-                tf.summary.scalar(key, float(value), step=step)
-        self.writer.flush()
+        scalars = [Summary.Value(tag=key, simple_value=float(value)) for key, value in values.items()]
+        event = Event(wall_time=time.time(), step=step, summary=Summary(value=scalars))
+        self.events.write(event.SerializeToString())
+        self.events.flush()
 
 
 class Stopper:
@@ -292,6 +302,7 @@ class Loop:
         self.last_saved = manager.latest_step()
         self.window_start, self.window_step = time.perf_counter(), None
         self.progress = None
+        self.batches = None  # the input iterator of `run`, whose position each checkpoint saves
 
     def flush_metrics(self, step: int) -> None:
         """Fetch pending metrics; stop at the first non-finite loss; log the latest values."""
@@ -317,8 +328,8 @@ class Loop:
 
     def save(self, step: int, state: TrainState, metrics: dict | None = None) -> None:
         self.flush_metrics(step)  # never checkpoint a state that followed a non-finite loss
-        composite = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.meta))
-        self.manager.save(step, args=composite, metrics=metrics, force=True)
+        args = checkpoints.save_args(state, self.meta, self.batches)
+        self.manager.save(step, args=args, metrics=metrics, force=True)
         self.last_saved = step
 
     def evaluate(self, step: int, state: TrainState) -> dict[str, float]:
@@ -339,7 +350,7 @@ class Loop:
         from tqdm import tqdm
 
         config = self.config
-        self.window_step = step
+        self.window_step, self.batches = step, batches
         self.progress = tqdm(total=total_steps, initial=step, disable=jax.process_index() != 0, dynamic_ncols=True)
         try:
             while step < total_steps:
@@ -374,7 +385,7 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
     """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
     `after_step(step)` is called after each step (a hook for profiling or tests)."""
-    from sot_jax import data  # TensorFlow is only needed where data is read
+    from sot_jax import data
 
     # Set up: check the config, find the workdir.
     validate_config(config, jax.device_count(), jax.process_count())
@@ -419,6 +430,8 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
     step_fn = jit_train_step(model, tx, schedule, config, shardings, batch_sharding)
     start = int(state.step)
     batches = data.train_batches(source, config, model, start)
+    if latest is not None:
+        checkpoints.restore_input_position(manager, latest, batches)
 
     # Loop: steps, logs, evaluations, checkpoints, until total_steps or SIGTERM.
     log = MetricsLog(workdir, is_main)

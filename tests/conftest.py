@@ -1,5 +1,6 @@
 """Shared fixtures: the embedded digits dataset prepared once per session, and small training configs."""
 
+import importlib
 import importlib.util
 import io
 import tarfile
@@ -17,6 +18,32 @@ def load_config(path: str, variant: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(variant)
+
+
+def _skip_torchvision_fake_ops() -> None:
+    """torchvision from PyPI fails to register its fake ops against this CPU torch build (`operator torchvision::nms
+    does not exist`, SPEC §9), and timm and transformers import it. None of those ops is used in these tests, so
+    their registration is skipped; everything else registers as before."""
+    import torch
+
+    register_fake = torch.library.register_fake
+
+    def skipping(name, *args, **kwargs):
+        if str(name).startswith("torchvision::"):
+            return lambda function: function
+        return register_fake(name, *args, **kwargs)
+
+    torch.library.register_fake = skipping
+
+
+if importlib.util.find_spec("torch") is not None and importlib.util.find_spec("torchvision") is not None:
+    _skip_torchvision_fake_ops()
+
+
+def import_timm(module: str):
+    """`timm.data.<module>` (timm 0.4.5: its data code equals 0.3.4's, the SoT scripts'), or skip without timm."""
+    pytest.importorskip("timm")
+    return importlib.import_module(f"timm.data.{module}")
 
 
 # A DeiT small enough that a CPU step takes milliseconds.
@@ -69,6 +96,7 @@ def tiny_config(digits_dir):
         config.eval_every_steps = 3
         config.checkpoint_every_steps = 3
         config.eval_batch_size = 64
+        config.input.workers = 0  # worker processes take seconds to start; tests that need them set them
         for key, value in changes.items():
             set_config(config, key, value)
         return config
@@ -105,11 +133,11 @@ def write_tiny_imagenet(manual_dir, synsets=("n01440764", "n01443537"), per_clas
 
 @pytest.fixture(scope="session")
 def tiny_imagenet(tmp_path_factory):
-    import tensorflow_datasets as tfds
+    """imagenet2012 prepared by TFDS's real builder from the official tars, as ArrayRecord."""
+    from sot_jax import prepare
 
     manual = tmp_path_factory.mktemp("manual")
     write_tiny_imagenet(manual)
     data_dir = str(tmp_path_factory.mktemp("imagenet_tfds"))
-    builder = tfds.builder("imagenet2012", data_dir=data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    prepare.prepare_dataset("imagenet2012", data_dir, str(manual))
     return data_dir

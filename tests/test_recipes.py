@@ -1,7 +1,9 @@
 """Recipe fidelity (issue 16): the input pipeline, augmentation, initialization and schedules against the official
-code (timm 0.3.x/0.4.5, torchvision 0.8, Pillow 8; short transcriptions of their functions serve as references)."""
+code: timm's own transforms (0.4.5, whose data code equals 0.3.4's) where timm imports, else short transcriptions
+of the official functions (torchvision 0.8, Pillow 8)."""
 
 import io
+import itertools
 import math
 import random
 import subprocess
@@ -11,68 +13,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow as tf
-from conftest import ROOT, load_config
-from PIL import Image, ImageOps
+from conftest import ROOT, import_timm, load_config
+from PIL import Image
 from scipy import stats
 
 from sot_jax import augment, optim, recipes
-from sot_jax.data import pipeline, randaugment
+from sot_jax.data import transforms
 from sot_jax.errors import UserError
 from sot_jax.models import layers
 
 
-def timm_get_params(rng: random.Random, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    """timm 0.3.4 data/transforms.py, RandomResizedCropAndInterpolation.get_params (the same in 0.3.2 and 0.4.5)."""
-    area = width * height
-    for _ in range(10):
-        target_area = rng.uniform(*scale) * area
-        aspect_ratio = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w = int(round(math.sqrt(target_area * aspect_ratio)))
-        h = int(round(math.sqrt(target_area / aspect_ratio)))
-        if w <= width and h <= height:
-            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-def test_crop_sampler_draws_timms_distribution_and_tfs_does_not():
+def test_crop_sampler_draws_timms_distribution():
+    timm_transforms = import_timm("transforms")
     height, width, n = 375, 500, 10_000
-    rng = random.Random(100)
-    reference = np.array([timm_get_params(rng, height, width) for _ in range(n)])
-    shape = tf.constant([height, width, 3])
-    seeds = tf.stack([tf.fill([n], tf.constant(100, tf.int64)), tf.range(n, dtype=tf.int64)], 1)
-
-    @tf.function
-    def ours(seeds):
-        window = lambda s: pipeline.crop_window(shape, s, (0.08, 1.0), (3 / 4, 4 / 3))  # noqa: E731
-        return tf.map_fn(window, seeds, fn_output_signature=tf.int32)
-
-    @tf.function
-    def tf_sampler(seeds):  # what the pipeline used before: TF's sample_distorted_bounding_box
-        def window(seed):
-            begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-                shape, tf.zeros([1, 0, 4]), seed=seed, min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
-                area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True,
-            )  # fmt: skip
-            return tf.stack([begin[0], begin[1], size[0], size[1]])
-
-        return tf.map_fn(window, seeds, fn_output_signature=tf.int32)
-
-    def p_values(windows):  # two-sample KS against timm on the area and on the log aspect ratio w/h
-        area = stats.ks_2samp(reference[:, 2] * reference[:, 3], windows[:, 2] * windows[:, 3]).pvalue
-        aspect = stats.ks_2samp(np.log(reference[:, 3] / reference[:, 2]), np.log(windows[:, 3] / windows[:, 2]))
-        return area, aspect.pvalue
-
-    windows = ours(seeds).numpy()
-    assert min(p_values(windows)) > 0.01
-    assert p_values(tf_sampler(seeds).numpy())[0] < 1e-10
+    image = Image.new("RGB", (width, height))
+    random.seed(100)  # timm's get_params draws from Python's random
+    get_params = timm_transforms.RandomResizedCropAndInterpolation.get_params
+    reference = np.array([get_params(image, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(n)])
+    rng = np.random.default_rng(100)
+    windows = np.array([transforms.crop_window(rng, height, width, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(n)])
+    # Two-sample KS against timm on the area and on the log aspect ratio w/h.
+    assert stats.ks_2samp(reference[:, 2] * reference[:, 3], windows[:, 2] * windows[:, 3]).pvalue > 0.01
+    aspects = [np.log(x[:, 3] / x[:, 2]) for x in (reference, windows)]
+    assert stats.ks_2samp(*aspects).pvalue > 0.01
     top, left, h, w = windows.T
     assert np.all((top >= 0) & (left >= 0) & (top + h <= height) & (left + w <= width))
     # Offsets reach both ends, H − h and W − w included (timm's randint), as often as timm's do.
@@ -80,9 +43,9 @@ def test_crop_sampler_draws_timms_distribution_and_tfs_does_not():
                                      (left == width - w, reference[:, 1] == width - reference[:, 3])):  # fmt: skip
         assert 0.7 < np.mean(ours_at_end) / np.mean(timm_at_end) < 1.4
     # The fallback: a 20:1 strip fits no draw and gets the centre crop of the clamped aspect, as timm's.
-    assert pipeline.crop_window(tf.constant([10, 200]), tf.constant([1, 2], tf.int64), (0.08, 1.0), (3 / 4, 4 / 3))[
-        2:
-    ].numpy().tolist() == [10, 13]
+    strip = Image.new("RGB", (200, 10))
+    assert transforms.crop_window(rng, 10, 200, (0.08, 1.0), (3 / 4, 4 / 3)) == get_params(strip, (0.08, 1.0),
+                                                                                          (3 / 4, 4 / 3))
 
 
 def test_random_erasing_boxes_reach_the_last_row_and_column():
@@ -107,83 +70,58 @@ def scene(height: int, width: int, seed: int) -> np.ndarray:
     return np.clip(smooth + stripes + edges - 30 + noise, 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("method", ["bicubic", "bilinear"])
-def test_resize_matches_pil_down_and_up(method):
-    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[method]
-    sizes = [((375, 500), (224, 224)), ((480, 640), (256, 341)), ((800, 600), (113, 97)), ((120, 90), (224, 224))]
-    for (height, width), (out_h, out_w) in sizes:
-        image = scene(height, width, height + width)
-        reference = np.asarray(Image.fromarray(image).resize((out_w, out_h), resample), np.float32)
-        ours = pipeline._resize(tf.constant(image), (out_h, out_w), method).numpy()
-        assert np.mean(np.abs(ours - reference)) < 0.5, (height, width, method)
-        if out_h < height:  # without antialiasing, downscaling aliases: far from PIL
-            plain = tf.round(tf.image.resize(image, (out_h, out_w), method=method)).numpy()
-            assert np.mean(np.abs(np.clip(plain, 0, 255) - reference)) > 1.0
+def encoded(image: np.ndarray, kind: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=kind)
+    return buffer.getvalue()
 
 
-def test_eval_preprocess_is_timms_eval_transform():
-    def reference(image, crop_pct, size=224):  # timm's transforms_imagenet_eval with torchvision 0.8's PIL ops
-        scale_size = int(math.floor(size / crop_pct))
-        pil = Image.fromarray(image)
-        w, h = pil.size
-        if not ((w <= h and w == scale_size) or (h <= w and h == scale_size)):  # functional.resize
-            pil = pil.resize((scale_size, int(scale_size * h / w)) if w < h else (int(scale_size * w / h), scale_size),
-                             Image.BICUBIC)  # fmt: skip
-        w, h = pil.size
-        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))  # functional.center_crop
-        return np.asarray(pil.crop((left, top, left + size, top + size)), np.float32)
+def test_train_crop_is_timms_random_resized_crop(monkeypatch):
+    """The crop and its resize equal timm's RandomResizedCropAndInterpolation (torchvision's resized_crop on PIL)
+    at the same window and interpolation, on JPEG and PNG."""
+    timm_transforms = import_timm("transforms")
+    config = recipes.base_config().input
+    config.update({"randaugment_layers": 0, "hflip": False})
+    for seed, kind in itertools.product(range(6), ("JPEG", "PNG")):
+        data = encoded(scene(375, 500, seed), kind)
+        for interpolation in ("bilinear", "bicubic"):
+            config.interpolation = interpolation
+            ours = transforms.train_image(data, np.random.default_rng(seed), config, 224)[0]
+            window = transforms.crop_window(np.random.default_rng(seed).spawn(3)[0], 375, 500, (0.08, 1.0),
+                                            (3 / 4, 4 / 3))  # fmt: skip
+            timm_crop = timm_transforms.RandomResizedCropAndInterpolation(224, interpolation=interpolation)
+            monkeypatch.setattr(timm_crop, "get_params", lambda *args, window=window: window)
+            reference = np.asarray(timm_crop(Image.open(io.BytesIO(data)).convert("RGB")))
+            np.testing.assert_array_equal(ours, reference)
 
+
+def test_eval_transform_is_timms():
+    timm_factory = import_timm("transforms_factory")
     # 256×259 and 256×263: no resize and a centre offset of 17.5 and 19.5 (rounded half to even: 18, 20).
     for (height, width), crop_pct in [((256, 259), 0.875), ((256, 263), 0.875), ((375, 500), 0.875),
                                       ((250, 333), 0.9), ((500, 375), 1.0)]:  # fmt: skip
-        image = scene(height, width, height * width)
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG")
-        ours = pipeline.eval_preprocess(tf.constant(buffer.getvalue()), 224, crop_pct).numpy()
-        error = np.mean(np.abs(ours - reference(image, crop_pct)))
-        assert error < (1e-6 if height == 256 else 0.5), (height, width, error)
+        eval_transform = timm_factory.transforms_imagenet_eval(224, crop_pct=crop_pct, interpolation="bicubic")
+        pil_ops = eval_transform.transforms[:-2]  # before ToTensor
+        for kind in ("JPEG", "PNG"):
+            data = encoded(scene(height, width, height * width), kind)
+            reference = Image.open(io.BytesIO(data)).convert("RGB")
+            for op in pil_ops:
+                reference = op(reference)
+            np.testing.assert_array_equal(transforms.eval_image(data, 224, crop_pct), np.asarray(reference))
 
 
 GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
 METHODS = ("bilinear", "bicubic")
 
 
-def timm_geometric(pil: Image.Image, name: str, level: float, resample: int) -> Image.Image:
-    """timm 0.3.4 data/auto_augment.py: rotate, shear_x/y, translate_x/y_rel at level (magnitude / 10, signed)."""
-    fill, size = randaugment.FILL, pil.size
-    if name == "Rotate":
-        return pil.rotate(level * 30.0, resample=resample, fillcolor=fill)
-    matrix = {"ShearX": (1, level * 0.3, 0, 0, 1, 0), "ShearY": (1, 0, 0, level * 0.3, 1, 0),
-              "TranslateX": (1, 0, level * 0.45 * size[0], 0, 1, 0),
-              "TranslateY": (1, 0, 0, 0, 1, level * 0.45 * size[1])}[name]  # fmt: skip
-    return pil.transform(size, Image.AFFINE, matrix, resample=resample, fillcolor=fill)
-
-
-@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
-def test_randaugment_geometric_ops_match_pil(method):
-    image = scene(60, 50, 7)
-    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[method]
-    for name in GEOMETRIC:
-        for magnitude, sign in ((6.0, 1.0), (9.3, -1.0)):
-            out, _ = randaugment.apply_op(
-                tf.constant(randaugment.OPS.index(name)), tf.constant(image), tf.constant(magnitude),
-                tf.constant(sign), method == "bicubic",
-            )  # fmt: skip
-            reference = timm_geometric(Image.fromarray(image), name, sign * magnitude / 10, resample)
-            difference = np.abs(out.numpy().astype(int) - np.asarray(reference, int))
-            assert difference.max() <= 1 and difference.mean() < 0.02, (name, magnitude, difference.mean())
-
-
-def test_interpolation_random_picks_bilinear_or_bicubic_per_image_and_per_op():
-    buffer = io.BytesIO()
-    Image.fromarray(scene(90, 120, 3)).save(buffer, format="PNG")
-    image_bytes = tf.constant(buffer.getvalue())
+def test_interpolation_random_picks_bilinear_or_bicubic_per_image():
+    data = encoded(scene(90, 120, 3), "PNG")
     config = recipes.base_config().input
     config.update({"randaugment_layers": 0, "hflip": False})
 
     def crop(seed, interpolation):
         config.interpolation = interpolation
-        return pipeline.train_preprocess(image_bytes, tf.constant([seed, 0], tf.int64), config, 32)[0].numpy()
+        return transforms.train_image(data, np.random.default_rng(seed), config, 32)[0]
 
     picks = []
     for seed in range(12):
@@ -192,33 +130,6 @@ def test_interpolation_random_picks_bilinear_or_bicubic_per_image_and_per_op():
     assert len(picks) == 12 and 2 <= picks.count("bicubic") <= 10
     with pytest.raises(UserError, match="interpolation 'nearest'; choose one of bicubic, bilinear, random"):
         crop(0, "nearest")
-
-    rotated = tf.constant(scene(40, 40, 4))
-    picks = []
-    for seed in range(40):  # one RandAugment layer: its op, magnitude and sign do not depend on the interpolation
-        seed = tf.constant([seed, 1], tf.int64)
-        fixed = {m: randaugment.randaugment(rotated, seed, 1, interpolation=m)[0].numpy() for m in METHODS}
-        if not np.array_equal(*fixed.values()):  # a geometric op ran
-            out = randaugment.randaugment(rotated, seed, 1, interpolation="random")[0].numpy()
-            picks += [m for m, value in fixed.items() if np.array_equal(out, value)]
-    assert picks.count("bilinear") >= 1 and picks.count("bicubic") >= 1
-
-
-def test_posterize_keeps_pils_bits_and_zero_bits_is_black():
-    image = scene(16, 16, 5)
-    outputs = {}
-    for magnitude in (10.0, 9.9, 7.4, 5.0, 0.0):
-        bits = 4 - int(magnitude / 10 * 4)  # timm's _posterize_increasing_level_to_arg
-        out, _ = randaugment.apply_op(
-            tf.constant(randaugment.OPS.index("Posterize")), tf.constant(image), tf.constant(magnitude),
-            tf.constant(1.0),
-        )  # fmt: skip
-        # Pillow 8's ImageOps.posterize (the official runs' era; Pillow ≥ 10 refuses 0 bits): i & ~(2^(8-bits) - 1).
-        np.testing.assert_array_equal(out.numpy(), image.astype(int) & ~(2 ** (8 - bits) - 1))
-        if bits:
-            np.testing.assert_array_equal(out.numpy(), np.asarray(ImageOps.posterize(Image.fromarray(image), bits)))
-        outputs[bits] = out.numpy()
-    assert not outputs[0].any() and outputs[4].any()  # magnitude 10 keeps 0 bits: black
 
 
 def test_conv_biases_get_pytorchs_default_init_and_conv_computes_like_nn_conv():

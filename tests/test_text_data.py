@@ -3,7 +3,7 @@ embedded `brackets` corpus, text training/evaluation batches, and GLUE sources u
 
 import itertools
 import json
-import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -351,55 +351,69 @@ def test_text_evaluation_sees_every_example_once_with_padding(brackets_source, b
         assert (whole["attention_mask"][~real].sum(1) > 0).all() and not whole["label"][~real].any()
 
 
-# --- GLUE under TFDS's mocked data -----------------------------------------------------------------------------
+# --- GLUE as TFDS lays it out, with generated sentences -----------------------------------------------------------
 
-MOCK_EXAMPLES = 24
+GLUE_EXAMPLES = 24
 
 
 @pytest.fixture(scope="module")
-def glue_metadata(tmp_path_factory):
-    """dataset_info.json for glue/cola and glue/rte with train/validation splits, which `mock_data` reads."""
-    root = str(tmp_path_factory.mktemp("glue_metadata"))
+def glue_data(tmp_path_factory):
+    """glue/cola and glue/rte as `python -m sot_jax.prepare` leaves them (ArrayRecord shards under TFDS's names and
+    metadata), their examples serialized by TFDS's own features from generated sentences."""
+    from tensorflow_datasets.core import file_adapters
+
+    root = str(tmp_path_factory.mktemp("glue"))
+    rng = np.random.default_rng(0)
+    words = ("the", "cat", "sat", "on", "a", "mat", "dog", "ran")
     for config in ("cola", "rte"):
-        builder = tfds.builder(f"glue/{config}", data_dir=root)
-        splits = [
-            tfds.core.SplitInfo(name=s, shard_lengths=[MOCK_EXAMPLES], num_bytes=0) for s in ("train", "validation")
-        ]
+        builder = tfds.builder(f"glue/{config}", data_dir=root, file_format="array_record")
+        features = builder.info.features
+        splits = []
+        for split in ("train", "validation"):
+            examples = []
+            for index in range(GLUE_EXAMPLES):
+                example = {"idx": index, "label": int(rng.integers(2))}
+                for key in features:
+                    if key not in example:
+                        example[key] = " ".join(rng.choice(words, size=int(rng.integers(3, 8))))
+                examples.append((index, features.serialize_example(example)))
+            path = Path(builder.data_dir) / f"glue-{split}.array_record-00000-of-00001"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            file_adapters.ArrayRecordFileAdapter.write_examples(path, iter(examples))
+            splits.append(tfds.core.SplitInfo(name=split, shard_lengths=[GLUE_EXAMPLES], num_bytes=0))
         builder.info.set_splits(tfds.core.SplitDict(splits))
-        os.makedirs(builder.data_dir, exist_ok=True)
         builder.info.write_to_directory(builder.data_dir)
     return root
 
 
 @pytest.mark.parametrize("task", ["cola", "rte"])
-def test_glue_sources_map_features_and_batch(glue_metadata, brackets_tokenizer, task):
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, data_dir=glue_metadata):
-        source = text.get_text_source(f"glue/{task}", "/not/used/under/mock")
-        assert isinstance(source, text.GlueSource) and source.name == f"glue/{task}"
-        assert source.num_classes == 2 and source.eval_split == "validation"
-        assert source.num_examples("validation") == MOCK_EXAMPLES
-        first, second, labels = source.texts("validation")
-        assert len(first) == MOCK_EXAMPLES and set(labels.tolist()) <= {0, 1}
-        if task == "cola":
-            assert source.text_features == ("sentence",) and source.metric == "mcc" and second is None
-        else:
-            assert source.text_features == ("sentence1", "sentence2") and source.metric == "accuracy"
-            assert len(second) == MOCK_EXAMPLES
-        batch = next(
-            text.text_train_batches(source, brackets_tokenizer, max_seq_length=16, seed=0, global_batch=8, start_step=0)
-        )
-        assert batch["input_ids"].shape == (8, 16) and (batch["input_ids"][:, 0] == 2).all()  # [CLS]
-        assert batch["token_type_ids"].any() == (task == "rte")  # the second text has token type 1
-        evaluated = list(
-            text.text_eval_batches(source, "validation", brackets_tokenizer, max_seq_length=16, global_batch=10)
-        )
-        assert len(evaluated) == 3 and sum(int(b["mask"].sum()) for b in evaluated) == MOCK_EXAMPLES
-        with pytest.raises(UserError, match="has no split 'validation_matched'; splits: train, validation"):
-            source.num_examples("validation_matched")
+def test_glue_sources_map_features_and_batch(glue_data, brackets_tokenizer, task):
+    source = text.get_text_source(f"glue/{task}", glue_data)
+    assert isinstance(source, text.GlueSource) and source.name == f"glue/{task}"
+    assert source.num_classes == 2 and source.eval_split == "validation"
+    assert source.num_examples("validation") == GLUE_EXAMPLES
+    first, second, labels = source.texts("validation")
+    assert len(first) == GLUE_EXAMPLES and set(labels.tolist()) <= {0, 1} and all(isinstance(t, str) for t in first)
+    if task == "cola":
+        assert source.text_features == ("sentence",) and source.metric == "mcc" and second is None
+    else:
+        assert source.text_features == ("sentence1", "sentence2") and source.metric == "accuracy"
+        assert len(second) == GLUE_EXAMPLES
+    batch = next(
+        text.text_train_batches(source, brackets_tokenizer, max_seq_length=16, seed=0, global_batch=8, start_step=0)
+    )
+    assert batch["input_ids"].shape == (8, 16) and (batch["input_ids"][:, 0] == 2).all()  # [CLS]
+    assert batch["token_type_ids"].any() == (task == "rte")  # the second text has token type 1
+    evaluated = list(
+        text.text_eval_batches(source, "validation", brackets_tokenizer, max_seq_length=16, global_batch=10)
+    )
+    assert len(evaluated) == 3 and sum(int(b["mask"].sum()) for b in evaluated) == GLUE_EXAMPLES
+    with pytest.raises(UserError, match="has no split 'validation_matched'; splits: train, validation"):
+        source.num_examples("validation_matched")
 
 
 def test_glue_errors_say_what_to_do(tmp_path):
-    with pytest.raises(DatasetNotReadyError, match=f"tfds build glue/cola --data_dir={tmp_path}"):
+    with pytest.raises(DatasetNotReadyError, match=f"python -m sot_jax.prepare glue/cola --data_dir={tmp_path}"):
         text.get_text_source("glue/cola", str(tmp_path))
     with pytest.raises(UserError, match="unknown GLUE task 'stsb'; choose one of cola, sst2"):
         text.get_text_source("glue/stsb", str(tmp_path))

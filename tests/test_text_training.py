@@ -79,7 +79,7 @@ def test_a_converted_hf_bert_fine_tunes_and_evaluates(text_config, tmp_path):
 def test_glue_without_a_vocabulary_or_prepared_data_says_what_to_do(text_config, tmp_path):
     config = load_config("configs/sot_glue.py", "bert_base_sot,cola")
     config.data_dir = str(tmp_path)
-    with pytest.raises(ValueError, match=r"dataset 'glue/cola' is not prepared .*tfds build glue/cola"):
+    with pytest.raises(ValueError, match=r"dataset 'glue/cola' is not prepared .*python -m sot_jax.prepare glue/cola"):
         train.train_and_evaluate(config, tmp_path / "run")
     with pytest.raises(ValueError, match="unknown config variant 'bert_huge,cola'"):
         load_config("configs/sot_glue.py", "bert_huge,cola")

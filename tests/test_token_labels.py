@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow as tf
 from conftest import TINY_MODEL
 from PIL import Image
 
 from sot_jax import augment, models, recipes, token_labels, train
-from sot_jax.data import label_maps, pipeline, randaugment, sources
+from sot_jax.data import label_maps, pipeline, randaugment, sources, transforms
 
 
 def official_rand_bbox(lam, cy, cx, rows, cols):
@@ -173,8 +172,8 @@ def position_coded_image_and_map(cells: int = 8, size: int = 128, width: int | N
 
 def read_out(scores, classes, geometry, grid, box="corrected", outside="zero"):
     """(class target (C,), token targets (N, C)) of one image's map, C = 64, no smoothing."""
-    pairs = label_maps.sample_label_map(tf.constant(scores), tf.constant(classes), geometry, grid, box, outside)
-    targets = token_labels.dense_targets(*(jnp.asarray(p.numpy())[None] for p in pairs), 64, 0.0)
+    pairs = label_maps.sample_label_map(scores, classes, geometry, grid, box, outside, resample="traced")
+    targets = token_labels.dense_targets(*(jnp.asarray(p)[None] for p in pairs), 64, 0.0)
     return tuple(np.asarray(t[0]) for t in targets)
 
 
@@ -201,27 +200,26 @@ def test_label_map_stays_aligned_with_its_image_in_the_label_map_order(tiny_conf
     """Flip, two geometric RandAugment ops on the whole (non-square) image, the random resized crop last: with
     the corrected box the map follows the image; the official box (mirrored across the diagonal) does not."""
 
-    def geometric_randaugment(image, seed, *_):  # a fixed rotation then translation, whatever the seed
+    def geometric_randaugment(image, rng, *_):  # a fixed rotation then translation, whatever the seed
         ops = (("Rotate", 4.0, 1.0), ("TranslateX", 2.0, -1.0))
-        affine = tf.eye(3)
+        affine = np.eye(3)
         for name, magnitude, sign in ops:
-            image, matrix = randaugment.apply_op(tf.constant(randaugment.OPS.index(name)), image, magnitude, sign)
+            image, matrix = randaugment.apply_op(image, name, magnitude, sign)
             affine = affine @ matrix
-        return image, affine
+        return image, affine, []
 
-    monkeypatch.setattr(pipeline.randaugment, "randaugment", geometric_randaugment)
+    monkeypatch.setattr(randaugment, "randaugment", geometric_randaugment)
     config = tiny_config(crop_scale=(0.2, 1.0), hflip=True, randaugment_layers=2, token_label_dir="maps")
     pixels, scores, classes = position_coded_image_and_map(size=96, width=160, per_block=4)  # fine cells: see below
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     agree, official, total, flips = 0, 0, 0, 0
     for seed in range(30):
-        seed = tf.constant([seed, 1], tf.int64)
-        image, geometry = pipeline.train_preprocess(tf.constant(buffer.getvalue()), seed, config.input, 64)
-        assert geometry["size"].numpy().tolist() == [96, 160]
-        hits, count = check_alignment(image.numpy(), scores, classes, geometry, (4, 4))
+        image, geometry = transforms.train_image(buffer.getvalue(), np.random.default_rng(seed), config.input, 64)
+        assert geometry["size"].tolist() == [96, 160]
+        hits, count = check_alignment(image, scores, classes, geometry, (4, 4))
         agree, total, flips = agree + hits, total + count, flips + bool(geometry["flipped"])
-        official += check_alignment(image.numpy(), scores, classes, geometry, (4, 4), "official")[0]
+        official += check_alignment(image, scores, classes, geometry, (4, 4), "official")[0]
     assert 5 <= flips <= 25 and total > 300  # both branches ran; most tokens show the image, not the fill
     # The map moves in whole cells (nearest cell, as the official's order-0 resampling): 4 map cells per block keep
     # that rounding small (one per block: 53%). Ignoring RandAugment's map gives 15%, ignoring the flip fails the
@@ -235,11 +233,9 @@ def test_label_map_follows_randaugment_geometry(op):
     pixels, scores, classes = position_coded_image_and_map(size=64)
     agree = total = 0
     for sign in (-1.0, 1.0):
-        index = tf.constant(randaugment.OPS.index(op))
-        image, affine = randaugment.apply_op(index, tf.constant(pixels), tf.constant(6.0), tf.constant(sign))
-        geometry = {"box": tf.constant([0.0, 0.0, 1.0, 1.0]), "flipped": tf.constant(False), "affine": affine}
-        geometry["size"] = tf.constant([64.0, 64.0])
-        hits, count = check_alignment(image.numpy(), scores, classes, geometry, (8, 8))
+        image, affine = randaugment.apply_op(Image.fromarray(pixels), op, 6.0, sign)
+        geometry = {"box": np.float32([0, 0, 1, 1]), "flipped": False, "affine": affine, "size": np.float32([64, 64])}
+        hits, count = check_alignment(np.asarray(image), scores, classes, geometry, (8, 8))
         agree, total = agree + hits, total + count
     assert total > 60 and agree / total > 0.85, f"{op}: only {agree}/{total} tokens carry their own position"
 
@@ -314,8 +310,7 @@ def test_label_map_read_out_matches_the_official_get_label(box):
     for top, left, height, width, flipped in boxes:  # the last: rois widened to one cell, past the map's edge
         fractions = np.float32([top / 100, left / 150, height / 100, width / 150])
         coords = np.concatenate([fractions[:2], fractions[:2] + fractions[2:]])
-        geometry = {"box": tf.constant(coords), "flipped": tf.constant(flipped), "affine": tf.eye(3)}
-        geometry["size"] = tf.constant([100.0, 150.0])
+        geometry = {"box": coords, "flipped": flipped, "affine": np.eye(3), "size": np.float32([100, 150])}
         maps = (scores[:, :, ::-1], classes[:, :, ::-1]) if flipped else (scores, classes)
         reference = official_get_label(*maps, coords if box == "official" else coords[[1, 0, 3, 2]], 4)
         cls_target, tokens = read_out(scores, classes, geometry, (4, 4), box)
@@ -328,9 +323,8 @@ def test_label_map_read_out_matches_the_official_get_label(box):
 def test_map_cells_moved_off_the_image_score_zero_or_take_the_nearest_cell(outside):
     """TranslateX by half the width: the right half of the map comes from off the image."""
     _, scores, classes = position_coded_image_and_map()
-    shift = tf.constant([[1.0, 0.0, 32.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # output -> input: x + 32
-    geometry = {"box": tf.constant([0.0, 0.0, 1.0, 1.0]), "flipped": tf.constant(False), "affine": shift}
-    geometry["size"] = tf.constant([64.0, 64.0])
+    shift = np.array([[1.0, 0.0, 32.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # output -> input: x + 32
+    geometry = {"box": np.float32([0, 0, 1, 1]), "flipped": False, "affine": shift, "size": np.float32([64, 64])}
     _, tokens = read_out(scores, classes, geometry, (8, 8), "corrected", outside)
     tokens = tokens.reshape(8, 8, 64)
     row, col = np.arange(8)[:, None], np.arange(8)[None, :]
@@ -362,12 +356,12 @@ def test_converted_label_maps_are_found_by_file_name(tmp_path):
     out = convert_labels.convert_labels(tmp_path / "raw", tmp_path / "maps")
     assert json.loads((out / "meta.json").read_text())["count"] == 3
     maps = label_maps.LabelMaps(str(out))
-    scores, classes = maps.lookup(tf.constant("n02_7.JPEG"))
+    scores, classes = maps.lookup("n02_7.JPEG")
     original = torch.load(tmp_path / "raw" / "n02" / "n02_7.pt").float().numpy()
-    np.testing.assert_allclose(scores.numpy(), original[0])
-    np.testing.assert_array_equal(classes.numpy(), original[1])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="n03_5.JPEG"):
-        maps.lookup(tf.constant("n03_5.JPEG"))
+    np.testing.assert_allclose(scores, original[0])
+    np.testing.assert_array_equal(classes, original[1])
+    with pytest.raises(ValueError, match="no token label map for image n03_5"):
+        maps.lookup("n03_5.JPEG")
     with pytest.raises(FileExistsError):
         convert_labels.convert_labels(tmp_path / "raw", tmp_path / "maps")
 
@@ -414,15 +408,15 @@ def test_missing_label_folder_and_wrong_class_count_are_clear(tmp_path, tiny_con
         train.validate_config(tiny_config(token_label_dir="x", token_label_box="x"), 1, 1)
     with pytest.raises(ValueError, match="unknown input.token_label_outside 'x'; choose one of zero, nearest"):
         train.validate_config(tiny_config(token_label_dir="x", token_label_outside="x"), 1, 1)
+    with pytest.raises(ValueError, match="unknown input.token_label_resample 'x'; choose one of traced, official"):
+        train.validate_config(tiny_config(token_label_dir="x", token_label_resample="x"), 1, 1)
 
 
 def test_a_tiny_lvvit_run_trains_on_token_label_maps(tiny_imagenet, tiny_config, tmp_path):
-    import tensorflow_datasets as tfds
-
     from sot_jax import convert_labels
 
-    builder = tfds.builder("imagenet2012", data_dir=tiny_imagenet)
-    names = [x["file_name"].decode().rsplit(".", 1)[0] for x in tfds.as_numpy(builder.as_dataset(split="train"))]
+    records = sources.get_source("imagenet2012", tiny_imagenet).records("train")
+    names = [sources.as_text(records[i]["file_name"]).rsplit(".", 1)[0] for i in range(len(records))]
     by_class = {}
     for name in names:
         by_class.setdefault(name.split("_")[0], []).append(name)

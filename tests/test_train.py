@@ -66,7 +66,12 @@ def test_checkpoints_keep_the_latest_and_the_best(tiny_config, tmp_path):
     train_rows = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert [r["step"] for r in train_rows] == list(range(1, 9))
     assert all({"lr", "img_per_sec", "grad_norm"} <= set(r) for r in train_rows)
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()  # TensorBoard reads what metrics.jsonl has
+    logged = [(r["step"], pytest.approx(r["val_top1"], rel=1e-6)) for r in evals]  # float32 in the event file
+    assert [(e.step, e.value) for e in events.Scalars("val_top1")] == logged
     assert plot.plot(tmp_path).is_file()
 
 
@@ -159,7 +164,7 @@ def test_eval_only_reports_params_and_ema(tiny_config, tmp_path):
         ({"batch_size": 9, "grad_accum_steps": 2}, "batch_size 9 does not divide over 1 devices × 2 accumulation"),
         ({"img_size": 30}, "image size 30x30 must be positive and divisible by its stride 16"),
         ({"dataset": "no_such_dataset"}, "unknown dataset 'no_such_dataset'"),
-        ({"dataset": "imagenet2012"}, "tfds build imagenet2012 --manual_dir="),
+        ({"dataset": "imagenet2012"}, "python -m sot_jax.prepare imagenet2012 --data_dir=.* --manual_dir="),
         ({"model.name": "sot_huge"}, "unknown model 'sot_huge'"),
         ({"model.head": "attention"}, "unknown head 'attention'"),
         ({"model.remat": "dots"}, "unknown remat policy 'dots'"),
@@ -398,6 +403,10 @@ def test_a_folder_dataset_trains_resumes_exactly_and_evaluates(tiny_config, tmp_
             os.kill(os.getpid(), signal.SIGTERM)
 
     assert int(train.train_and_evaluate(config, tmp_path / "b", after_step=interrupt).step) == 2
+    # The checkpoint holds the input position (Grain's handler, one file per process).
+    saved = json.loads((tmp_path / "b" / "checkpoints" / "2" / "data" / "process_0-of-1.json").read_text())
+    assert saved == {"step": 2}
+    config.input.workers = 2  # resumed by two worker processes: the same batches as in this process
     resumed = train.train_and_evaluate(config, tmp_path / "b")
     assert_trees_close(uninterrupted.params, resumed.params)
     assert_trees_close(uninterrupted.opt_state, resumed.opt_state)
@@ -408,7 +417,7 @@ def test_a_folder_dataset_trains_resumes_exactly_and_evaluates(tiny_config, tmp_
 def test_eval_sets_are_checked_before_the_first_step(tiny_config, tmp_path, capsys):
     config = tiny_config(total_steps=1)
     config.evals.imagenet_a = recipes.eval_set("imagenet_a", "test", label_subset=True)
-    missing = r"evals.imagenet_a: dataset 'imagenet_a' is not prepared .*tfds build imagenet_a"
+    missing = r"evals.imagenet_a: dataset 'imagenet_a' is not prepared .*python -m sot_jax.prepare imagenet_a"
     with pytest.raises(ValueError, match=missing):
         train.train_and_evaluate(config, tmp_path / "missing")
     assert not (tmp_path / "missing" / "checkpoints").exists()  # stopped before anything was trained or written

@@ -1,6 +1,6 @@
 """The input side of training: sources (`sources`: TFDS, image folders; `text`: GLUE and the embedded `brackets`),
-the tf.data image pipeline (`pipeline`, `randaugment`, `label_maps`), the text batches (`text`), and the embedded
-datasets (`digits`, `brackets`, registered with TFDS on import).
+the Grain image pipeline (`pipeline`) and its PIL transforms (`transforms`, `randaugment`, `label_maps`), the text
+batches (`text`), and the embedded datasets (`digits`, `brackets`; their TFDS builders are in `tfds_builders`).
 
 `train_batches` and `eval_batches` give a trainer config's batches of either kind, as numpy arrays per process.
 """
@@ -11,13 +11,13 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-import jax
+import grain
 import numpy as np
 
-from sot_jax.data import brackets, digits, pipeline, sources, text
+from sot_jax.data import brackets, digits, pipeline, sources, text, transforms
 from sot_jax.errors import UserError
 
-__all__ = ["brackets", "digits", "eval_batches", "pipeline", "sources", "text", "train_batches"]
+__all__ = ["brackets", "digits", "eval_batches", "pipeline", "sources", "text", "train_batches", "transforms"]
 
 
 @functools.cache
@@ -36,25 +36,35 @@ def tokenizer(source: text.TextSource, config: Any) -> text.Tokenizer:
     return _load_tokenizer(vocab, bool(config.input.get("lower_case", False)))
 
 
-def _for_model(batches: Iterator[dict[str, np.ndarray]], model: Any) -> Iterator[dict[str, np.ndarray]]:
+def _is_gpt(model: Any) -> bool:
     """GPT gets no token types: HF's GPT adds the token embedding of any type ids it is given."""
-    if getattr(model, "family", None) not in ("gpt", "gpt2"):
+    return getattr(model, "family", None) in ("gpt", "gpt2")
+
+
+def _for_model(batches: Iterator[dict[str, np.ndarray]], model: Any) -> Iterator[dict[str, np.ndarray]]:
+    if not _is_gpt(model):
         return batches
     return ({k: v for k, v in batch.items() if k != "token_type_ids"} for batch in batches)
 
 
-def train_batches(source: sources.Source, config: Any, model: Any, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+def _process() -> dict[str, int]:
+    """This process's shard (Grain's ShardByJaxProcess): its contiguous slice of every global batch."""
+    shard = grain.sharding.ShardByJaxProcess()
+    return {"process_index": shard.shard_index, "process_count": shard.shard_count}
+
+
+def train_batches(source: sources.Source, config: Any, model: Any, start_step: int) -> pipeline.TrainBatches:
     """This process's training batches from `start_step` on, images or text depending on the source."""
-    process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    process = _process()
     if isinstance(source, text.TextSource):
-        batches = text.text_train_batches(
+        return text.text_train_batches(
             source, tokenizer(source, config), max_seq_length=config.input.max_seq_length, seed=config.seed,
-            global_batch=config.batch_size, start_step=start_step, split=config.input.train_split, **process,
+            global_batch=config.batch_size, start_step=start_step, split=config.input.train_split,
+            token_types=not _is_gpt(model), **process,
         )  # fmt: skip
-        return _for_model(batches, model)
     return pipeline.train_batches(
         source, config.input, image_size=model.img_size, seed=config.seed, global_batch=config.batch_size,
-        start_step=start_step, token_grid=model.grid, **process,
+        start_step=start_step, group_size=config.aug.mix_group_size, token_grid=model.grid, **process,
     )  # fmt: skip
 
 
@@ -62,7 +72,7 @@ def eval_batches(
     source: sources.Source, split: str, config: Any, model: Any, multi_label: bool = False
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's slices of every example of `split` once, padded to whole global batches (`mask`)."""
-    process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    process = _process()
     global_batch = config.eval_batch_size or config.batch_size
     if isinstance(source, text.TextSource):
         batches = text.text_eval_batches(
@@ -72,5 +82,6 @@ def eval_batches(
         return _for_model(batches, model)
     return pipeline.eval_batches(
         source, split, image_size=model.img_size, crop_pct=config.input.eval_crop_pct, global_batch=global_batch,
-        multi_label=multi_label, skip_bad_images=config.input.skip_bad_images, **process,
+        multi_label=multi_label, skip_bad_images=config.input.skip_bad_images,
+        threads=pipeline.resolve_workers(config.input.workers), **process,
     )  # fmt: skip

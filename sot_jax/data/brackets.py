@@ -1,5 +1,5 @@
 """`brackets`: a generated acceptability corpus (a CoLA stand-in that needs no download), as a TFDS dataset
-prepared on first use.
+prepared on first use (its builder is `tfds_builders.Brackets`).
 
 A sentence is 4–16 space-separated tokens over two bracket pairs `( ) [ ]` and six filler words. Label 1
 (acceptable): every bracket is closed by its partner, properly nested. Label 0 (unacceptable): a well-formed
@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 BRACKETS_NAME = "brackets"
 PAIRS = (("(", ")"), ("[", "]"))
@@ -109,29 +108,3 @@ def vocab_file(directory: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{token}\n" for token in (*SPECIAL_TOKENS, *_BRACKETS, *WORDS)), encoding="utf-8")
     return str(path)
-
-
-class Brackets(tfds.core.GeneratorBasedBuilder):
-    """Generated bracket sentences, well-formed (1) or corrupted by one edit (0)."""
-
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Two bracket pairs, 4–16 tokens, 8,000 train sentences."}
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "sentence": tfds.features.Text(),
-                    "label": tfds.features.ClassLabel(names=["unacceptable", "acceptable"]),
-                }
-            ),
-            supervised_keys=("sentence", "label"),
-        )
-
-    def _split_generators(self, dl_manager):
-        splits = generate()
-        return {split: self._generate_examples(examples) for split, examples in splits.items()}
-
-    def _generate_examples(self, examples):
-        for index, (sentence, label) in enumerate(examples):
-            yield index, {"sentence": sentence, "label": label}

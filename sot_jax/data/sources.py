@@ -1,33 +1,37 @@
-"""Where examples come from: a prepared TFDS dataset, or ImageNet-style image folders.
+"""Where examples come from: a TFDS dataset prepared as ArrayRecord, or ImageNet-style image folders.
 
-A `Source` lists one split's records in a seed-determined order as a tf.data stream of
-{"image": encoded bytes or a path, "label": int, "file_name": str, ...}; `load` turns a record into encoded bytes
-after the pipeline has kept this process's slice (so a process reads only its own image files).
+A `Source` gives each split as `Records`: a random-access sequence (len, [index]) in stored order of
+{"image": encoded bytes, "label": int, "file_name": str, ...}, picklable, so that Grain's worker processes read
+their own records (`pipeline`). Reading needs no TensorFlow; preparing a TFDS dataset does
+(`python -m sot_jax.prepare`).
 
-    source = get_source("imagenet2012", data_dir)        # TFDS, prepared with `tfds build`
+    source = get_source("imagenet2012", data_dir)        # TFDS, prepared with `python -m sot_jax.prepare`
     source = get_source("folder", "/data/imagenet")      # /data/imagenet/{train,val}/<class>/<image>
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
+from sot_jax import prepare
 from sot_jax.errors import UserError
 
 # Prepared on first use (no download): the datasets shipped in sot_jax.data.
 EMBEDDED_DATASETS = ("digits", "brackets")
-SHUFFLE_BUFFER = 16_384
 # torchvision's ImageFolder extensions (compared lower-cased).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class DatasetNotReadyError(UserError):
-    """A dataset that exists in TFDS but is not prepared in the data dir."""
+    """A dataset that exists in TFDS but is not prepared (as ArrayRecord) in the data dir."""
+
+
+Records = Sequence[dict[str, Any]]
 
 
 class Source:
@@ -41,16 +45,21 @@ class Source:
     def num_examples(self, split: str) -> int:
         raise NotImplementedError
 
-    def records(self, split: str, shuffle_seed: int | None) -> tf.data.Dataset:
-        """Every record of `split` once: in stored order without a seed, else in a seed-determined shuffle."""
+    def records(self, split: str) -> Records:
         raise NotImplementedError
-
-    def load(self, record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return record
 
     def labels(self, split: str) -> np.ndarray:
         """Every label of `split` (int64), without decoding images."""
         raise NotImplementedError
+
+    def describe(self, split: str, index: int) -> str:
+        """Where record `index` of `split` comes from, for error messages."""
+        return f"{self.name}:{split}[{index}]"
+
+
+def as_text(value: bytes | str) -> str:
+    """A TFDS text feature as read from ArrayRecord (bytes), or a string."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def get_source(dataset: str, data_dir: str | None, prepare_embedded: bool = True) -> Source:
@@ -67,31 +76,74 @@ def get_source(dataset: str, data_dir: str | None, prepare_embedded: bool = True
     return TfdsSource(dataset, data_dir or None, prepare_embedded)
 
 
+def tfds_builder(name: str, data_dir: str | None, prepare_embedded: bool) -> Any:
+    """The prepared TFDS dataset `name` in `data_dir` (read from its directory: no TensorFlow, no builder code),
+    prepared first when it is an embedded one; a UserError saying how to prepare or convert it otherwise."""
+    directory = prepare.prepared_directory(name, data_dir)
+    ready = directory is not None and prepare.has_array_record(directory)
+    if not ready and name in EMBEDDED_DATASETS and prepare_embedded:  # prepared, or converted, in seconds
+        prepare.prepare_dataset(name, data_dir)
+        directory = prepare.prepared_directory(name, data_dir)
+    where = data_dir or prepare.default_data_dir()
+    command = prepare.PREPARE_COMMAND.format(name=name, data_dir=where)
+    if directory is None:
+        if not _tfds_knows(name):
+            raise UserError(f"unknown dataset {name!r} (not in TFDS; or 'folder' for image folders)")
+        hint = " --manual_dir=DIR_WITH_ILSVRC2012_TARS" if name.startswith("imagenet") else ""
+        raise DatasetNotReadyError(f"dataset {name!r} is not prepared in {where}; prepare it with: {command}{hint}")
+    if not prepare.has_array_record(directory):
+        raise DatasetNotReadyError(
+            f"dataset {name!r} in {directory} is prepared as TFRecord only, and training reads ArrayRecord; "
+            f"convert it (the TFRecord files stay) with: {command}"
+        )
+    import tensorflow_datasets as tfds
+
+    return tfds.builder_from_directory(str(directory))
+
+
+def _tfds_knows(name: str) -> bool:
+    """Whether TFDS has a builder of that name (true where TFDS is not installed: it cannot tell)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        return True
+    return name in EMBEDDED_DATASETS or name.split(":")[0].split("/")[0] in tfds.list_builders()
+
+
+class TfdsRecords(Sequence):
+    """One split of a prepared TFDS dataset, images left encoded; opened lazily in each process."""
+
+    def __init__(self, directory: str, split: str, skip_decoding: tuple[str, ...]):
+        self.directory, self.split, self.skip_decoding = directory, split, skip_decoding
+        self._source = None
+
+    def _open(self) -> Any:
+        if self._source is None:
+            import tensorflow_datasets as tfds
+
+            builder = tfds.builder_from_directory(self.directory)
+            decoders = {key: tfds.decode.SkipDecoding() for key in self.skip_decoding}
+            self._source = builder.as_data_source(split=self.split, decoders=decoders)
+        return self._source
+
+    def __len__(self) -> int:
+        return len(self._open())
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._open()[int(index)]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_source": None}
+
+
 class TfdsSource(Source):
     def __init__(self, name: str, data_dir: str | None, prepare_embedded: bool = True):
-        import sot_jax.data.digits  # noqa: F401  registers the embedded dataset
-
-        try:
-            builder = tfds.builder(name, data_dir=data_dir)
-        except tfds.core.registered.DatasetNotFoundError as e:
-            first_line = str(e).splitlines()[0]
-            raise UserError(f"unknown dataset {name!r}: {first_line} (or 'folder' for image folders)") from None
-        if not builder.is_prepared():
-            if name in EMBEDDED_DATASETS and prepare_embedded:
-                builder.download_and_prepare()
-            else:
-                where = data_dir or "~/tensorflow_datasets"
-                hint = " --manual_dir=DIR_WITH_ILSVRC2012_TARS" if name.startswith("imagenet") else ""
-                raise DatasetNotReadyError(
-                    f"dataset {name!r} is not prepared in {where}; prepare it with: "
-                    f"tfds build {name}{hint} --data_dir={where}"
-                )
-        self.builder = builder
+        self.builder = tfds_builder(name, data_dir, prepare_embedded)
         self.name = name
-        features = builder.info.features
+        features = self.builder.info.features
         self.num_classes = features["original_label" if "original_label" in features else "label"].num_classes
         self.features = frozenset(features) - {"image", "label"}
-        self.eval_split = "validation" if "validation" in builder.info.splits else "test"
+        self.eval_split = "validation" if "validation" in self.builder.info.splits else "test"
 
     def num_examples(self, split: str) -> int:
         if split not in self.builder.info.splits:
@@ -99,21 +151,35 @@ class TfdsSource(Source):
             raise UserError(f"dataset {self.name!r} has no split {split!r}; splits: {splits}")
         return self.builder.info.splits[split].num_examples
 
-    def records(self, split: str, shuffle_seed: int | None) -> tf.data.Dataset:
-        read_config = tfds.ReadConfig(
-            shuffle_seed=shuffle_seed, interleave_cycle_length=16, enable_ordering_guard=False
-        )
-        ds = self.builder.as_dataset(
-            split=split, shuffle_files=shuffle_seed is not None, read_config=read_config,
-            decoders={"image": tfds.decode.SkipDecoding()},
-        )  # fmt: skip
-        if shuffle_seed is not None:
-            ds = ds.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=False)
-        return ds
+    def records(self, split: str) -> Records:
+        self.num_examples(split)  # checks the split
+        return TfdsRecords(str(self.builder.data_dir), split, ("image",))
 
     def labels(self, split: str) -> np.ndarray:
-        ds = self.builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-        return np.fromiter(ds.map(lambda x: x["label"]).as_numpy_iterator(), np.int64)
+        records = TfdsRecords(str(self.builder.data_dir), split, ("image",))
+        return np.array([records[i]["label"] for i in range(len(records))], np.int64)
+
+    def describe(self, split: str, index: int) -> str:
+        if "file_name" not in self.features:
+            return f"{self.name}:{split}[{index}]"
+        return f"{self.name}:{split}[{index}] ({as_text(self.records(split)[index]['file_name'])})"
+
+
+class FolderRecords(Sequence):
+    """One split of an image folder: the file's bytes, its label and name."""
+
+    def __init__(self, directory: Path, classes: list[str], names: np.ndarray, labels: np.ndarray):
+        self.directory, self.classes, self.names, self.labels = directory, classes, names, labels
+
+    def path(self, index: int) -> Path:
+        return self.directory / self.classes[self.labels[index]] / self.names[index].decode()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": self.path(index).read_bytes(), "label": int(self.labels[index]),
+                "file_name": self.names[index].decode()}  # fmt: skip
 
 
 class FolderSource(Source):
@@ -121,7 +187,7 @@ class FolderSource(Source):
     converted official classifier's outputs line up), images sorted by name within a class.
 
     A split is listed once, on first use, with `os.scandir` (names and labels in two numpy arrays: tens of MB for
-    ImageNet's 1.28M files); records are shuffled by a full seed-determined permutation."""
+    ImageNet's 1.28M files)."""
 
     name = "folder"
     eval_split = "val"
@@ -131,15 +197,14 @@ class FolderSource(Source):
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"folder dataset {self.root} does not exist")
-        self._listings: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
-        self.classes = self._list(self._first_split())[0]
+        self._listings: dict[str, FolderRecords] = {}
+        self.classes = self._list(self._first_split()).classes
         self.num_classes = len(self.classes)
 
     def _first_split(self) -> str:
         return "train" if (self.root / "train").is_dir() else "val"
 
-    def _list(self, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(class names, file names, labels) of one split."""
+    def _list(self, split: str) -> FolderRecords:
         if split in self._listings:
             return self._listings[split]
         directory = self.root / split
@@ -171,32 +236,18 @@ class FolderSource(Source):
                 f"folder dataset: the classes of {directory} differ from {self.root / self._first_split()}'s "
                 f"(missing: {', '.join(missing[:5]) or 'none'}; extra: {', '.join(extra[:5]) or 'none'})"
             )
-        listing = (classes, np.array(names, dtype=bytes), np.concatenate(labels))
+        listing = FolderRecords(directory, classes, np.array(names, dtype=bytes), np.concatenate(labels))
         self._listings[split] = listing
         return listing
 
     def num_examples(self, split: str) -> int:
-        return len(self._list(split)[1])
+        return len(self._list(split))
 
-    def records(self, split: str, shuffle_seed: int | None) -> tf.data.Dataset:
-        classes, names, labels = self._list(split)
-        if shuffle_seed is not None:
-            order = np.random.default_rng(shuffle_seed).permutation(len(names))
-            names, labels = names[order], labels[order]
-        folders = tf.constant([f"{self.root / split / name}{os.sep}".encode() for name in classes])
-        ds = tf.data.Dataset.from_tensor_slices({"file_name": names, "label": labels})
-        return ds.map(lambda r: {**r, "image": tf.strings.join([tf.gather(folders, r["label"]), r["file_name"]])})
-
-    def load(self, record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return {**record, "image": tf.io.read_file(record["image"])}
+    def records(self, split: str) -> Records:
+        return self._list(split)
 
     def labels(self, split: str) -> np.ndarray:
-        return self._list(split)[2]
+        return self._list(split).labels
 
-    def path(self, split: str, shuffle_seed: int | None, position: int) -> Path:
-        """The file at `position` of `records(split, shuffle_seed)`."""
-        classes, names, labels = self._list(split)
-        if shuffle_seed is not None:
-            position = np.random.default_rng(shuffle_seed).permutation(len(names))[position]
-        index = position
-        return self.root / split / classes[labels[index]] / names[index].decode()
+    def describe(self, split: str, index: int) -> str:
+        return str(self._list(split).path(index))

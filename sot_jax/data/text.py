@@ -24,7 +24,7 @@ case: an odd token budget with both texts longer than half of it, where they giv
 text (the second on ties), not the first. Every sequence is padded to `max_seq_length` (static shapes).
 
 Sources are `TextSource`s (a `sources.Source` whose splits are tokenized once, in Python, and cached): GLUE's
-classification tasks from TFDS (`glue/cola`, ...; prepared with `tfds build glue/cola --data_dir=DIR`) and the
+classification tasks from TFDS (`glue/cola`, ...; `python -m sot_jax.prepare glue/cola --data_dir=DIR`) and the
 embedded `brackets` corpus (`sot_jax.data.brackets`, prepared on first use). Labels follow TFDS's class order
 (`source.label_names`; MNLI: entailment, neutral, contradiction, which differs from HF's GLUE processors).
 """
@@ -39,11 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from sot_jax.data import brackets  # also registers the embedded `brackets` dataset
-from sot_jax.data.sources import DatasetNotReadyError, Source
+from sot_jax.data import brackets, pipeline  # brackets registers the embedded dataset
+from sot_jax.data.sources import Source, TfdsRecords, as_text, tfds_builder
 from sot_jax.errors import UserError, check_choice
 
 if TYPE_CHECKING:
@@ -300,18 +298,7 @@ class TextSource(Source):
 
     def __init__(self, name: str, data_dir: str | None, task: TextTask, prepare: bool = False):
         check_choice("metric", task.metric, METRICS)
-        try:
-            builder = tfds.builder(name, data_dir=data_dir)
-        except tfds.core.registered.DatasetNotFoundError as e:
-            raise UserError(f"unknown dataset {name!r}: {str(e).splitlines()[0]}") from None
-        if not builder.is_prepared():
-            if not prepare:
-                where = data_dir or "~/tensorflow_datasets"
-                raise DatasetNotReadyError(
-                    f"dataset {name!r} is not prepared in {where}; prepare it with: "
-                    f"tfds build {name} --data_dir={where}"
-                )
-            builder.download_and_prepare()
+        builder = tfds_builder(name, data_dir, prepare)
         features = builder.info.features
         missing = [f for f in (*task.text_features, "label") if f not in features]
         if missing:
@@ -336,26 +323,15 @@ class TextSource(Source):
             return self.builder.info.splits[split].num_examples
         return len(self.texts(split)[2])
 
-    def records(self, split: str, shuffle_seed: int | None) -> tf.data.Dataset:
-        self._check_split(split)
-        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed)
-        ds = self.builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None, read_config=read_config)
-        if shuffle_seed is not None:
-            ds = ds.shuffle(16_384, seed=shuffle_seed, reshuffle_each_iteration=False)
-        return ds
-
     def texts(self, split: str) -> tuple[list[str], list[str] | None, np.ndarray]:
         """The split's first texts, second texts (None for single-text tasks) and labels (int64), in stored order."""
         if split not in self._texts:
             self._check_split(split)
             keys = (*self.text_features, "label")
-            ds = self.builder.as_dataset(split=split, shuffle_files=False)
-            ds = ds.map(lambda x: {k: x[k] for k in keys}).batch(8192)  # batched: per-example numpy is slow
-            columns: dict[str, list] = {k: [] for k in keys}
-            for batch in ds.as_numpy_iterator():
-                for k in keys:
-                    columns[k].extend(batch[k].tolist())
-            first, *second = ([t.decode("utf-8") for t in columns[k]] for k in self.text_features)
+            records = TfdsRecords(str(self.builder.data_dir), split, ())
+            rows = [records[i] for i in range(len(records))]
+            columns = {k: [row[k] for row in rows] for k in keys}
+            first, *second = ([as_text(t) for t in columns[k]] for k in self.text_features)
             self._texts[split] = (first, second[0] if second else None, np.array(columns["label"], np.int64))
         return self._texts[split]
 
@@ -383,7 +359,7 @@ class GlueSource(TextSource):
 
 
 def get_text_source(dataset: str, data_dir: str | None, prepare_embedded: bool = True) -> TextSource:
-    """`glue/<task>` (prepared with `tfds build`) or `brackets` (embedded, prepared on first use)."""
+    """`glue/<task>` (prepared with `python -m sot_jax.prepare`) or `brackets` (embedded, prepared on first use)."""
     if dataset.startswith("glue/"):
         return GlueSource(dataset.removeprefix("glue/"), data_dir or None)
     if dataset == brackets.BRACKETS_NAME:
@@ -412,33 +388,41 @@ def text_train_batches(
     process_index: int = 0,
     process_count: int = 1,
     split: str = "train",
-) -> Iterator[dict[str, np.ndarray]]:
+    token_types: bool = True,
+) -> pipeline.TrainBatches:
     """Endless training batches from `start_step` on: each epoch a seed-determined permutation of `split` cut into
     whole global batches (the remainder left out, as the image pipeline), each process its contiguous slice; a
     global batch's examples and order do not depend on the number of processes. Dicts of int32 arrays
-    `input_ids`, `attention_mask`, `token_type_ids` (local batch, max_seq_length) and `label` (local batch,)."""
+    `input_ids`, `attention_mask`, `token_type_ids` (local batch, max_seq_length; left out without
+    `token_types`) and `label` (local batch,). The split is tokenized once, here."""
     local = _local_batch(global_batch, process_count)
-    arrays = source.encoded(split, tokenizer, max_seq_length)
+    arrays = dict(source.encoded(split, tokenizer, max_seq_length))
+    if not token_types:
+        arrays.pop("token_type_ids")
     count = len(arrays["label"])
     if count < global_batch:
         raise UserError(f"batch_size {global_batch} is larger than the {count} examples of {source.name}:{split}")
-    epoch_steps = count // global_batch
-    return _train_batches(arrays, epoch_steps, seed, start_step, global_batch, local, process_index)
+    make_batch = _TextTrainBatch(arrays, count // global_batch, seed, global_batch, local, process_index)
+    return pipeline.TrainBatches(make_batch, start_step, workers=0)
 
 
-def _train_batches(
-    arrays: dict[str, np.ndarray], epoch_steps: int, seed: int, start_step: int, global_batch: int, local: int,
-    process_index: int,
-) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
-    epoch, offset = divmod(start_step, epoch_steps)
-    count = len(arrays["label"])
-    while True:
-        order = np.random.default_rng(seed * 1_000_003 + epoch).permutation(count)  # the image pipeline's seeds
-        for step in range(offset, epoch_steps):
-            start = step * global_batch + process_index * local
-            index = order[start : start + local]
-            yield {k: v[index] for k, v in arrays.items()}
-        epoch, offset = epoch + 1, 0
+@dataclasses.dataclass
+class _TextTrainBatch:
+    """Batch `step` of this process from the tokenized split (`text_train_batches`)."""
+
+    arrays: dict[str, np.ndarray]
+    epoch_steps: int
+    seed: int
+    global_batch: int
+    local: int
+    process_index: int
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        epoch, step_in_epoch = divmod(int(step), self.epoch_steps)
+        order = pipeline.epoch_order(self.seed, epoch, len(self.arrays["label"]))
+        start = step_in_epoch * self.global_batch + self.process_index * self.local
+        index = order[start : start + self.local]
+        return {k: v[index] for k, v in self.arrays.items()}
 
 
 def text_eval_batches(
