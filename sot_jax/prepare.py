@@ -28,16 +28,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ INFO/WARNING lines
-
 from sot_jax.errors import UserError
 
 PREPARE_COMMAND = "python -m sot_jax.prepare {name} --data_dir={data_dir}"
 ARRAY_RECORD = "array_record"
 TFRECORD = "tfrecord"
 INFO_FILE = "dataset_info.json"
-# Registered with TFDS by importing their module, done only for their names: other datasets need no sot_jax.data.
-EMBEDDED_MODULES = {"digits": "sot_jax.data.tfds_builders", "brackets": "sot_jax.data.tfds_builders"}
+# Shipped in sot_jax.data and prepared on first use; their builders (sot_jax.data.tfds_builders) are registered
+# with TFDS only to prepare them.
+EMBEDDED_DATASETS = ("digits", "brackets")
 # Files that ImageNet's builder needs in the manual dir (it would quietly build just the splits whose tar it finds).
 IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 # A conversion writes each shard under this suffix and renames it when complete.
@@ -111,11 +110,8 @@ def has_array_record(directory: Path) -> bool:
 
 
 def _register_embedded(name: str) -> None:
-    module = EMBEDDED_MODULES.get(_split_name(name)[0].split("/")[0])
-    if module:
-        import importlib
-
-        importlib.import_module(module)
+    if _split_name(name)[0] in EMBEDDED_DATASETS:
+        import sot_jax.data.tfds_builders  # noqa: F401
 
 
 def _builder(name: str, data_dir: str | None, **kwargs: Any) -> Any:
@@ -271,6 +267,7 @@ def prepare_dataset(name: str, data_dir: str | None, manual_dir: str | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ INFO/WARNING lines
     parser = argparse.ArgumentParser(
         prog="python -m sot_jax.prepare",
         description="Prepare a TFDS dataset as ArrayRecord, or convert a TFRecord one in place (TFRecord kept).",

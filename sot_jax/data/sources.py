@@ -21,8 +21,7 @@ import numpy as np
 from sot_jax import prepare
 from sot_jax.errors import UserError
 
-# Prepared on first use (no download): the datasets shipped in sot_jax.data.
-EMBEDDED_DATASETS = ("digits", "brackets")
+EMBEDDED_DATASETS = prepare.EMBEDDED_DATASETS  # prepared on first use (no download)
 # torchvision's ImageFolder extensions (compared lower-cased).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
