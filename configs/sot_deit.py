@@ -43,7 +43,7 @@ Any head on any backbone: `--config.model.head=gem` (cls, gap, gem, ggem, gcp, m
 `--config.model.fusion=concat`, `--config.model.svpn=gram_eigh`, ... (every `create_model` keyword).
 
   digits: `python -m sot_jax.main --config=configs/sot_deit.py:digits --workdir=/tmp/digits` trains a 2-block
-  SoT (DenseNet stem, MGCrP head) on the embedded 8×8 digits upscaled to 32×32: about 3½ minutes on a 2-core CPU,
+  SoT (DenseNet stem, MGCrP head) on the embedded 8×8 digits upscaled to 32×32: under 3 minutes on a 2-core CPU,
   ≥ 95% validation top-1.
 """
 

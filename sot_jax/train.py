@@ -70,6 +70,9 @@ def validate_config(config: Any, num_devices: int, process_count: int) -> None:
                 group_count(micro_batch, group, key)
             except UserError as error:
                 problems.append(str(error))
+    workers = config.input.get("workers", 0)  # text configs read no images
+    if not (isinstance(workers, int) and workers >= -1):
+        problems.append(f"input.workers must be -1 (one per core), 0 (none) or a positive integer, got {workers!r}")
     if config.sharding not in ("data", "fsdp"):
         problems.append(f"sharding must be 'data' or 'fsdp', got {config.sharding!r}")
     if config.eval_only and not config.init_from:

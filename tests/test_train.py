@@ -161,6 +161,7 @@ def test_eval_only_reports_params_and_ema(tiny_config, tmp_path):
     "changes,message",
     [
         ({"lr": 0.0}, "lr must be positive"),
+        ({"input.workers": -2}, r"input.workers must be -1 \(one per core\), 0 \(none\) or a positive integer, got -2"),
         ({"batch_size": 9, "grad_accum_steps": 2}, "batch_size 9 does not divide over 1 devices × 2 accumulation"),
         ({"img_size": 30}, "image size 30x30 must be positive and divisible by its stride 16"),
         ({"dataset": "no_such_dataset"}, "unknown dataset 'no_such_dataset'"),
