@@ -19,7 +19,8 @@ with the final and the best dev score. Published dev scores, baseline -> +SoT (C
 QNLI): BERT-base 54.82/67.15/83.47/90.11 -> 58.03/69.31/84.20/90.78; BERT-large 60.63/73.65/85.90/91.82 ->
 61.82/75.09/86.46/92.37; RoBERTa-base 61.58/77.60/87.50/92.70 -> 65.28/80.50/87.90/93.10; GPT 54.32/63.17/82.10/
 86.36 -> 57.25/65.35/82.41/87.13; most likely the best dev checkpoint of one seed. RTE moves by about ±2 points
-between seeds: run several `--config.seed=S` workdirs and summarize them with `python -m sot_jax.seeds DIR...`.
+between seeds: `python -m sot_jax.sweep --config=configs/sot_glue.py:MODEL,TASK --workdir=DIR --seeds=1,2,3 ...`
+trains each seed and gives mean ± std.
 Hardware: one GPU, minutes (CoLA, RTE) to hours (MNLI) per run.
 
 `demo`: `python -m sot_jax.main --config=configs/sot_glue.py:demo --workdir=/tmp/brackets` trains a 2-layer BERT

@@ -102,11 +102,13 @@ def save_args(state: Any, meta: dict[str, Any], batches: Any) -> ocp.args.Compos
 
 
 def restore_input_position(manager: ocp.CheckpointManager, step: int, batches: Any) -> None:
-    """Set `batches` to the input position saved in checkpoint `step` (checkpoints written before positions were
-    saved have none: `batches` then stays where it was made, at the state's step)."""
+    """Set `batches` to the input position this process saved in checkpoint `step`. Checkpoints written before
+    positions were saved, or by another number of processes, have none for it: `batches` then stays where it was
+    made, at the state's step (the same position: batches are a function of the step)."""
     import grain
 
-    if (Path(manager.directory) / str(step) / "data").is_dir():
+    saved = f"data/process_{jax.process_index()}-of-{jax.process_count()}.json"  # as Grain's handler names it
+    if (Path(manager.directory) / str(step) / saved).is_file():
         manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(batches)))
 
 

@@ -9,7 +9,6 @@ Config values are overridden with `--config.KEY=VALUE` (e.g. `--config.total_ste
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import sys
@@ -31,27 +30,16 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 def check_config_arguments(argv: list[str]) -> None:
     """Load the `--config` file and check every `--config.KEY=VALUE` key before absl parses them, so that an
     unknown variant or key is one line naming the valid choices (absl would print a traceback)."""
+    from sot_jax import recipes
+
     specs = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     if not specs:
         raise UserError("--config is required, e.g. --config=configs/sot_deit.py:digits")
-    path, _, variant = specs[-1].partition(":")  # the last one counts, as for absl
-    if not os.path.isfile(path):
-        raise UserError(f"config file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location("sot_jax_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(variant) if variant else module.get_config()
+    config = recipes.load_config_file(specs[-1])  # the last one counts, as for absl
     for arg in argv:
         match = re.match(r"--config\.([^=]+)", arg)
-        if not match:
-            continue
-        node, walked = config, []
-        for part in match.group(1).split("."):
-            if not hasattr(node, "keys") or part not in node:
-                where = ".".join(walked) or "the config"
-                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else f"none ({where} is a value)"
-                raise UserError(f"unknown config key {match.group(1)!r}: {where} has no {part!r}; valid: {valid}")
-            node, walked = node[part], [*walked, part]
+        if match:
+            recipes.config_node(config, match.group(1))
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -301,3 +301,32 @@ def describe(config: ml_collections.ConfigDict) -> str:
         inputs[-1],
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """The config of `FILE[:VARIANT]` (the file's `get_config`), as `--config=` names it."""
+    import importlib.util
+    import os
+
+    path, _, variant = spec.partition(":")
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location("sot_jax_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant) if variant else module.get_config()
+
+
+def config_node(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+    """(the ConfigDict that holds `key`, e.g. "model.head", and its last part); a UserError naming the valid keys
+    where the key does not exist."""
+    parts = key.split(".")
+    node = config
+    for depth, part in enumerate(parts):
+        if not hasattr(node, "keys") or part not in node:
+            where = ".".join(parts[:depth]) or "the config"
+            valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else f"none ({where} is a value)"
+            raise UserError(f"unknown config key {key!r}: {where} has no {part!r}; valid: {valid}")
+        if depth < len(parts) - 1:
+            node = node[part]
+    return node, parts[-1]

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
 
-from sot_jax import augment, checkpoints, evaluate, models, optim, recipes, seeds, sharding, token_labels
+from sot_jax import augment, checkpoints, evaluate, models, optim, recipes, sharding, sweep, token_labels
 from sot_jax.errors import UserError, check_choice, group_count
 
 
@@ -451,6 +451,8 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
         stopper.close()
     if is_main and int(state.step) == total_steps:  # the dev score both ways, as GLUE results are reported
         metric = recipes.best_metric(config)
-        final, best, best_step = seeds.final_and_best(workdir, metric)
+        final, best, best_step = sweep.final_and_best(workdir, metric)
         print(f"{metric}: final {final:.2f}, best {best:.2f} (step {best_step})", flush=True)
+        record = {"metric": metric, "final": final, "best": best, "best_step": best_step, "step": total_steps}
+        (workdir / sweep.FINAL_FILE).write_text(json.dumps(record))  # the run is finished (sot_jax.sweep)
     return state

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sot_jax.data import brackets, pipeline  # brackets registers the embedded dataset
+from sot_jax.data import brackets, pipeline
 from sot_jax.data.sources import Source, TfdsRecords, as_text, tfds_builder
 from sot_jax.errors import UserError, check_choice
 
