@@ -46,6 +46,19 @@ def import_timm(module: str):
     return importlib.import_module(f"timm.data.{module}")
 
 
+def timm_fixture() -> dict:
+    """tests/fixtures/timm_transforms.npz (timm 0.4.5's transforms on fixed inputs, make_timm_fixtures.py), or skip
+    where Pillow is another version than the one that made it (its resampling arithmetic changes between
+    versions)."""
+    import PIL
+
+    with np.load(ROOT / "tests" / "fixtures" / "timm_transforms.npz") as data:
+        fixture = dict(data)
+    if str(fixture["pillow"]) != PIL.__version__:
+        pytest.skip(f"timm fixtures made with Pillow {fixture['pillow']}, this is Pillow {PIL.__version__}")
+    return fixture
+
+
 # A DeiT small enough that a CPU step takes milliseconds.
 TINY_MODEL = {"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_hidden": 64}
 

@@ -8,20 +8,32 @@ import types
 
 import numpy as np
 import pytest
+from conftest import timm_fixture
 from PIL import Image
 
 from sot_jax.data import randaugment as ra
 from sot_jax.errors import UserError
 
-_spec = importlib.util.find_spec("timm")
-if _spec is None:
-    pytest.skip("timm is not installed", allow_module_level=True)
-_path = os.path.join(os.path.dirname(_spec.origin), "data", "auto_augment.py")
-_module_spec = importlib.util.spec_from_file_location("timm_auto_augment", _path)
-timm_aa = importlib.util.module_from_spec(_module_spec)
-_module_spec.loader.exec_module(timm_aa)  # imports only PIL, numpy, random, math, re
 
-TIMM_NAMES = dict(zip(ra.OPS, timm_aa._RAND_INCREASING_TRANSFORMS, strict=True))
+def _load_timm_auto_augment() -> types.ModuleType | None:
+    """timm's auto_augment.py, loaded without the timm package (whose import needs torchvision); None without timm."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "data", "auto_augment.py")
+    module_spec = importlib.util.spec_from_file_location("timm_auto_augment", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)  # imports only PIL, numpy, random, math, re
+    return module
+
+
+timm_aa = _load_timm_auto_augment()
+# timm 0.3.4/0.4.5's _RAND_INCREASING_TRANSFORMS, in ra.OPS's order.
+TIMM_NAMES = dict(zip(ra.OPS, (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
+    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
+    "TranslateXRel", "TranslateYRel",
+), strict=True))  # fmt: skip
 GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
 MAGNITUDES = (0.0, 5.0, 9.3, 10.0)
 BOTH = (Image.BILINEAR, Image.BICUBIC)
@@ -66,8 +78,30 @@ def _timm(monkeypatch, name: str, image: Image.Image, magnitude: float, sign: fl
     return timm_aa.NAME_TO_OP[timm_name](image, *args, fillcolor=ra.FILL, resample=resample)
 
 
+def test_ops_match_timms_recorded_outputs():
+    """Every op against timm 0.4.5's outputs recorded in tests/fixtures/timm_transforms.npz (for where timm is not
+    installed; `test_op_matches_timm_exactly` runs timm itself)."""
+    fixture = timm_fixture()
+    if timm_aa is not None:
+        assert list(TIMM_NAMES.values()) == timm_aa._RAND_INCREASING_TRANSFORMS
+    checked = 0
+    for key, expected in fixture.items():
+        parts = key.split("/")
+        if parts[0] != "randaugment" or parts[1] == "input":
+            continue
+        timm_name, fmt, magnitude, sign, resample = parts[1:]
+        name = next(ours for ours, theirs in TIMM_NAMES.items() if theirs == timm_name)
+        image = Image.fromarray(fixture[f"randaugment/input/{fmt}"])
+        ours, _ = ra.apply_op(image, name, float(magnitude), float(sign), int(resample))
+        assert np.array_equal(np.asarray(ours), expected), key
+        checked += 1
+    assert checked == 2 * (15 * 4 * 2 - 2 + 5 * 4 * 2)  # every op, magnitude, sign (and filter), both formats
+
+
 @pytest.mark.parametrize("name", ra.OPS)
 def test_op_matches_timm_exactly(monkeypatch, name):
+    if timm_aa is None:
+        pytest.skip("timm is not installed (test_ops_match_timms_recorded_outputs compares with its outputs)")
     resamples = BOTH if name in GEOMETRIC else (Image.BILINEAR,)
     for image in IMAGES.values():
         for magnitude in MAGNITUDES:

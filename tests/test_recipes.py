@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, import_timm, load_config
+from conftest import ROOT, import_timm, load_config, timm_fixture
 from PIL import Image
 from scipy import stats
 
@@ -93,6 +93,28 @@ def test_train_crop_is_timms_random_resized_crop(monkeypatch):
             monkeypatch.setattr(timm_crop, "get_params", lambda *args, window=window: window)
             reference = np.asarray(timm_crop(Image.open(io.BytesIO(data)).convert("RGB")))
             np.testing.assert_array_equal(ours, reference)
+
+
+def test_train_crop_and_eval_transform_match_timms_recorded_outputs():
+    """timm's RandomResizedCropAndInterpolation at given windows and its eval transform, recorded in
+    tests/fixtures/timm_transforms.npz (for where timm is not installed; the tests above run timm itself)."""
+    fixture = timm_fixture()
+    checked = 0
+    for key, expected in fixture.items():
+        parts = key.split("/")
+        if parts[0] == "crop" and parts[1] not in ("input", "window"):
+            seed, fmt, interpolation = parts[1:]
+            window = tuple(int(v) for v in fixture[f"crop/window/{seed}"])
+            image = Image.fromarray(fixture[f"crop/input/{seed}/{fmt}"])
+            ours = transforms.resized_crop(image, window, transforms.RESAMPLE[interpolation], 32)
+        elif parts[0] == "eval" and parts[1] != "input":
+            shape, fmt, crop_pct = parts[1:]
+            ours = transforms.eval_image(fixture[f"eval/input/{shape}/{fmt}"], 32, float(crop_pct))
+        else:
+            continue
+        assert np.array_equal(np.asarray(ours), expected), key
+        checked += 1
+    assert checked == 3 * 2 * 2 + 5 * 2  # 3 windows × JPEG, PNG × 2 filters; 5 eval shapes × JPEG, PNG
 
 
 def test_eval_transform_is_timms():

@@ -70,15 +70,20 @@ def _resample(rng: np.random.Generator, interpolation: str) -> int:
     return RESAMPLE[interpolation]
 
 
-def _resized_crop(
+def resized_crop(image: Image.Image, window: tuple[int, int, int, int], resample: int, size: int) -> Image.Image:
+    """torchvision's `resized_crop` (what timm's RandomResizedCropAndInterpolation calls): the PIL crop of `window`
+    (top, left, height, width), then PIL's antialiased resize to size² with filter `resample`."""
+    top, left, height, width = window
+    return image.crop((left, top, left + width, top + height)).resize((size, size), resample)
+
+
+def _random_resized_crop(
     image: Image.Image, rng: np.random.Generator, input_config: Any, image_size: int
 ) -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """torchvision's `resized_crop` at timm's window: PIL crop, then PIL resize (antialiased)."""
-    top, left, h, w = crop_window(rng, image.height, image.width, tuple(input_config.crop_scale),
-                                  tuple(input_config.crop_ratio))  # fmt: skip
-    resample = _resample(rng, input_config.interpolation)
-    crop = image.crop((left, top, left + w, top + h))
-    return crop.resize((image_size, image_size), resample), (top, left, h, w)
+    """timm's RandomResizedCropAndInterpolation: its window, then the recipe's interpolation."""
+    window = crop_window(rng, image.height, image.width, tuple(input_config.crop_scale),
+                         tuple(input_config.crop_ratio))  # fmt: skip
+    return resized_crop(image, window, _resample(rng, input_config.interpolation), image_size), window
 
 
 def _flip(image: Image.Image, rng: np.random.Generator, input_config: Any) -> tuple[Image.Image, bool]:
@@ -112,14 +117,14 @@ def train_image(
     crop_rng, flip_rng, augment_rng = rng.spawn(3)  # each step's draws independent of the others'
     image = decode(data)
     if not input_config.token_label_dir:
-        image, _ = _resized_crop(image, crop_rng, input_config, image_size)
+        image, _ = _random_resized_crop(image, crop_rng, input_config, image_size)
         image, _ = _flip(image, flip_rng, input_config)
         image, _, _ = _randaugment(image, augment_rng, input_config)
         return np.asarray(image), {}
     image, flipped = _flip(image, flip_rng, input_config)
     image, affine, ops = _randaugment(image, augment_rng, input_config)
     size = np.array([image.height, image.width], np.float32)
-    out, window = _resized_crop(image, crop_rng, input_config, image_size)
+    out, window = _random_resized_crop(image, crop_rng, input_config, image_size)
     fractions = (np.array(window, np.float64) / np.tile(size.astype(np.float64), 2)).astype(np.float32)
     box = np.concatenate([fractions[:2], fractions[:2] + fractions[2:]])
     return np.asarray(out), {"box": box, "flipped": flipped, "affine": affine, "size": size, "ops": ops}
