@@ -14,8 +14,9 @@ with statistics and a plot.
 - `--print-commands` prints one `python -m sot_jax.main ...` line per pending run (for a scheduler or GNU
   parallel) instead of running them; `--summarize` only summarizes what is there.
 - The summary (`WORKDIR/sweep_table.md`, `sweep_table.json`, printed) gives per combination the metric's final and
-  best value per seed, n, mean ± std (sample std), min–max and, against `--baseline`, the difference of the final
-  values' means with Welch's t-test and the Mann–Whitney U test (two-sided p-values). `WORKDIR/sweep.png` shows
+  best value per seed, n, mean ± std (sample std), min–max and, against `--baseline` (default: the first
+  combination), the difference of the final values' means with Welch's t-test and the Mann–Whitney U test
+  (two-sided p-values). `WORKDIR/sweep.png` shows
   the final values per combination (every seed a point, the mean a bar) and the validation curves. The metric
   defaults to the config's `best_metric` (the one checkpoints are ranked by).
 """
@@ -72,7 +73,7 @@ class Combination:
 
     @property
     def directory(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", self.name) or "base"
+        return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", self.name)
 
 
 def combinations(grid: Sequence[str], variants: Sequence[str]) -> list[Combination]:
@@ -115,8 +116,8 @@ def plan(spec: str, workdir: Path, combos: list[Combination], seeds: Sequence[in
     """Every run of the sweep, with its command and resolved config; a UserError for unknown keys, values of the
     wrong type, or a run directory (or sweep directory) that holds another config's runs."""
     recorded = workdir / SWEEP_FILE
-    if recorded.is_file() and json.loads(recorded.read_text())["config"] != spec:
-        other = json.loads(recorded.read_text())["config"]
+    other = json.loads(recorded.read_text())["config"] if recorded.is_file() else spec
+    if other != spec:
         raise UserError(f"{workdir} holds a sweep of --config={other}, not {spec}; use another --workdir")
     overrides_common = []
     for item in common:
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None, launch: Callable[[list[str]], int] | Non
     parser.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (axes combine as a product)")
     parser.add_argument("--variant", action="append", default=[], help="NAME:KEY=V[:KEY=V...]")
     parser.add_argument("--seeds", default=None, help="comma-separated (default: the config's seed)")
-    parser.add_argument("--baseline", help="the combination the others are compared with")
+    parser.add_argument("--baseline", help="the combination the others are compared with (default: the first)")
     parser.add_argument("--metric", help="default: the config's best_metric")
     parser.add_argument("--print-commands", action="store_true", help="print the pending runs' commands only")
     parser.add_argument("--summarize", action="store_true", help="only summarize the runs that are there")
@@ -322,6 +323,7 @@ def main(argv: list[str] | None = None, launch: Callable[[list[str]], int] | Non
         names = [c.name for c in combos]
         if args.baseline is not None and args.baseline not in names:
             raise UserError(f"--baseline {args.baseline!r} names no combination; they are: {', '.join(names)}")
+        baseline = args.baseline or (names[0] if len(names) > 1 else None)
         runs = plan(args.config, args.workdir, combos, seeds, common)
         metric = args.metric or recipes.best_metric(base)
         if args.print_commands:
@@ -331,7 +333,7 @@ def main(argv: list[str] | None = None, launch: Callable[[list[str]], int] | Non
                     print(shlex.join(["python", *run.command[1:]]))
             return 0
         failed = {} if args.summarize else execute(runs, args.workdir, args.config, launch or _launch)
-        print(write_summary(runs, args.workdir, metric, args.baseline, failed), end="")
+        print(write_summary(runs, args.workdir, metric, baseline, failed), end="")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import TINY_MODEL
 from PIL import Image
+from test_label_maps import loop_roi_align
 
 from sot_jax import augment, models, recipes, token_labels, train
 from sot_jax.data import label_maps, pipeline, randaugment, sources, transforms
@@ -240,52 +241,6 @@ def test_label_map_follows_randaugment_geometry(op):
     assert total > 60 and agree / total > 0.85, f"{op}: only {agree}/{total} tokens carry their own position"
 
 
-def official_roi_align(features, box, output_size):
-    """torchvision.ops.roi_align(features[None], [[0, *box]], output_size) (aligned=False, sampling_ratio=-1) as
-    its kernel computes it, for one box (x1, y1, x2, y2), in float32."""
-    channels, height, width = features.shape
-    x1, y1, x2, y2 = np.asarray(box, np.float32)
-    roi_w, roi_h = max(x2 - x1, np.float32(1)), max(y2 - y1, np.float32(1))
-    bin_h, bin_w = roi_h / np.float32(output_size), roi_w / np.float32(output_size)
-    grid_h, grid_w = int(np.ceil(roi_h / np.float32(output_size))), int(np.ceil(roi_w / np.float32(output_size)))
-
-    def bilinear(y, x):
-        if y < -1.0 or y > height or x < -1.0 or x > width:
-            return np.zeros(channels, np.float32)
-        y, x = max(y, np.float32(0)), max(x, np.float32(0))
-        y_low, x_low = int(y), int(x)
-        if y_low >= height - 1:
-            y_high = y_low = height - 1
-            y = np.float32(y_low)
-        else:
-            y_high = y_low + 1
-        if x_low >= width - 1:
-            x_high = x_low = width - 1
-            x = np.float32(x_low)
-        else:
-            x_high = x_low + 1
-        ly, lx = y - y_low, x - x_low
-        hy, hx = 1 - ly, 1 - lx
-        f = features
-        return (
-            hy * hx * f[:, y_low, x_low]
-            + hy * lx * f[:, y_low, x_high]
-            + ly * hx * f[:, y_high, x_low]
-            + ly * lx * f[:, y_high, x_high]
-        )
-
-    out = np.zeros((channels, output_size, output_size), np.float32)
-    for ph in range(output_size):
-        for pw in range(output_size):
-            for iy in range(grid_h):
-                y = y1 + np.float32(ph) * bin_h + np.float32(iy + 0.5) * bin_h / np.float32(grid_h)
-                for ix in range(grid_w):
-                    x = x1 + np.float32(pw) * bin_w + np.float32(ix + 0.5) * bin_w / np.float32(grid_w)
-                    out[:, ph, pw] += bilinear(y, x)
-            out[:, ph, pw] /= max(grid_h * grid_w, 1)
-    return out
-
-
 def official_get_label(scores, classes, coords, label_size, num_classes=64):
     """TokenLabeling's get_featuremaps + get_label for one image: coords (top, left, bottom, right) fractions,
     scaled by the map width − 0.5 and passed to roi_align as (x1, y1, x2, y2). Returns softmax (C, 1 + N)."""
@@ -293,8 +248,8 @@ def official_get_label(scores, classes, coords, label_size, num_classes=64):
     for k in range(scores.shape[0]):
         np.put_along_axis(dense, classes[k][None], scores[k][None], 0)
     box = np.asarray(coords, np.float32) * np.float32(dense.shape[2]) - np.float32(0.5)
-    tokens = official_roi_align(dense, box, label_size).reshape(num_classes, -1)
-    cls = official_roi_align(dense, box, 1).reshape(num_classes, 1)
+    tokens = loop_roi_align(dense, box, (label_size, label_size)).reshape(num_classes, -1)
+    cls = loop_roi_align(dense, box, (1, 1)).reshape(num_classes, 1)
     logits = np.concatenate([cls, tokens], 1)
     return np.exp(logits) / np.exp(logits).sum(0)
 
