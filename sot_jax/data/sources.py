@@ -155,7 +155,7 @@ class TfdsSource(Source):
         return TfdsRecords(str(self.builder.data_dir), split, ("image",))
 
     def labels(self, split: str) -> np.ndarray:
-        records = TfdsRecords(str(self.builder.data_dir), split, ("image",))
+        records = self.records(split)
         return np.array([records[i]["label"] for i in range(len(records))], np.int64)
 
     def describe(self, split: str, index: int) -> str:
