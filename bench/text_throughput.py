@@ -145,8 +145,14 @@ def main() -> None:
         ":".join(r) for r in ROWS) + ")")
     parser.add_argument("--profile", help="trace the JAX rows under this folder and print their top kernels")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--no-xla-defaults", action="store_true", help="leave XLA_FLAGS as given, without "
+                        "sot_jax.xla_defaults (the 'before' column of BENCHMARKS.md's XLA defaults table)")  # fmt: skip
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # internal: framework, variant, batch
     args = parser.parse_args()
+    if not args.no_xla_defaults:
+        from sot_jax import xla_defaults
+
+        xla_defaults.apply()  # as sot_jax.main does, before JAX starts its backend (PyTorch ignores XLA_FLAGS)
     if args.one:
         framework, variant, batch = args.one
         if framework == "jax":
@@ -161,6 +167,7 @@ def main() -> None:
         for framework, variant in rows:
             command = [sys.executable, __file__, "--one", framework, variant, str(batch), "--steps", str(args.steps)]
             command += ["--profile", args.profile] if args.profile else []
+            command += ["--no-xla-defaults"] if args.no_xla_defaults else []
             done = subprocess.run(command, capture_output=True, text=True)
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if not lines:

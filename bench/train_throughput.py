@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sot_jax import xla_defaults
+
 MODELS = ["sot_tiny", "sot_small", "sot_base", "deit_small_sot", "deit_small_patch16_224", "hvt_s_1", "lvvit_s"]
 
 
@@ -213,6 +215,7 @@ def run_child(
     command += [] if evaluate else ["--no-eval"]
     command += ["--profile", profile_dir] if profile_dir else []
     command += ["--no-batch-augment"] if args.no_batch_augment else []
+    command += ["--no-xla-defaults"] if args.no_xla_defaults else []
     run = subprocess.run(command, capture_output=True, text=True)
     if run.returncode != 0:
         errors = [line for line in run.stderr.splitlines() if re.match(r"^[\w.]*(Error|Exception)\b", line)]
@@ -257,7 +260,11 @@ def main() -> None:
     parser.add_argument("--no-eval", action="store_true", help=argparse.SUPPRESS)  # internal: train step only
     parser.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)  # internal: measure the matmul peak
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--no-xla-defaults", action="store_true", help="leave XLA_FLAGS as given, without "
+                        "sot_jax.xla_defaults (the 'before' column of BENCHMARKS.md's XLA defaults table)")  # fmt: skip
     args = parser.parse_args()
+    if not args.no_xla_defaults:
+        xla_defaults.apply()  # as sot_jax.main does; before the first computation, when XLA reads its flags
     if args.one:
         batch_augment, evaluate = not args.no_batch_augment, not args.no_eval
         print(json.dumps(bench_one(args.one, args.batch, args.steps, args.profile, batch_augment, evaluate)))

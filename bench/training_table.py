@@ -24,6 +24,8 @@ from pathlib import Path
 
 from train_throughput import MODELS
 
+from sot_jax import xla_defaults
+
 BENCH = Path(__file__).resolve().parent
 # sot_jax model -> (official repository, its model name); None: timm's own model of that name.
 REFERENCES = {
@@ -68,7 +70,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="PyTorch's device (JAX uses its default backend)")
     parser.add_argument("--max-batch", action="store_true", help="also the largest batch that trains")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--no-xla-defaults", action="store_true", help="JAX rows without sot_jax.xla_defaults")
     args = parser.parse_args()
+    if not args.no_xla_defaults:
+        xla_defaults.apply()  # as sot_jax.main does; the JAX rows' processes inherit XLA_FLAGS
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {MODELS}")
@@ -80,6 +85,7 @@ def main() -> None:
         jax_json = f"{tmp}/jax.json"
         command = [sys.executable, str(BENCH / "train_throughput.py"), *args.models, "--batch", str(args.batch)]
         command += ["--steps", str(args.steps), "--json", jax_json] + ["--max-batch"] * args.max_batch
+        command += ["--no-xla-defaults"] * args.no_xla_defaults
         subprocess.run(command, check=True)
         jax_rows = {row["model"]: row for row in json.loads(Path(jax_json).read_text())["results"]}
 
