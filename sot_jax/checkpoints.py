@@ -1,10 +1,12 @@
 """Every checkpoint read and written: model checkpoints, a training run's checkpoints, `init_from`, export.
 
 A model checkpoint directory (what `python -m sot_jax.convert` writes, and what `init_from` reads) holds
-`variables/` (Orbax StandardCheckpointer: {"params": ..., "batch_stats": ...}) and `sot_jax.json`
-({"model": name, "num_classes": n, "overrides": {...}}).
-A training run keeps its checkpoints in `workdir/checkpoints/<step>/` (Orbax CheckpointManager: the train state
-and a JSON `meta` with the model's name, classes, `create_model` overrides and the config).
+`variables/` (Orbax StandardCheckpointer: {"params": ..., "batch_stats": ...}), `sot_jax.json`
+({"model": name, "num_classes": n, "overrides": {...}}, and for text models "label_names", "fresh" and "vocab") and
+for text models the tokenizer files in `tokenizer/`.
+A training run keeps its resumable checkpoints in `workdir/checkpoints/<step>/` (Orbax CheckpointManager: the train
+state, a JSON `meta` with the model's name, classes, `create_model` overrides, class names, vocabulary and the
+config, and the input position) and its best weights in `workdir/best/<step>/` (`BestWeights`).
 """
 
 from __future__ import annotations
@@ -20,17 +22,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from sot_jax import models, recipes, sharding
+from sot_jax.data import tokenization
 from sot_jax.errors import UserError
 
 METADATA_FILE = "sot_jax.json"
 VARIABLES_DIR = "variables"
+BEST_DIR = "best"
+TOKENIZER_DIR = "tokenizer"
 
 
-def save_model(directory: str | os.PathLike, variables: dict[str, Any], metadata: dict[str, Any]) -> Path:
+def save_model(
+    directory: str | os.PathLike, variables: dict[str, Any], metadata: dict[str, Any], vocabulary_from: str = ""
+) -> Path:
     """Write a model checkpoint atomically: into a temporary sibling first, renamed into place when complete.
+    `vocabulary_from`: a folder whose tokenizer files are kept in `tokenizer/` (metadata "vocab" names it), so
+    that fine-tuning from the checkpoint tokenizes as its model was trained.
 
     Refuses to touch an existing non-empty directory, so nothing already there is lost.
     """
@@ -44,6 +52,8 @@ def save_model(directory: str | os.PathLike, variables: dict[str, Any], metadata
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(staging / VARIABLES_DIR, variables)
         checkpointer.wait_until_finished()
+        if vocabulary_from and tokenization.copy_vocabulary(vocabulary_from, staging / TOKENIZER_DIR):
+            metadata = {**metadata, "vocab": TOKENIZER_DIR}
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
         if directory.exists():
             directory.rmdir()
@@ -76,18 +86,46 @@ def load_model(directory: str | os.PathLike, **overrides: Any) -> tuple[Any, dic
 
 
 def checkpoint_manager(workdir: Path, config: Any) -> ocp.CheckpointManager:
-    """Keeps the latest `keep_checkpoints` and the best by `recipes.best_metric(config)`."""
-    metric = recipes.best_metric(config)
-    policy = preservation_policy.AnyPreservationPolicy(
-        [
-            preservation_policy.LatestN(config.keep_checkpoints),
-            preservation_policy.BestN(
-                get_metric_fn=lambda metrics: metrics[metric], n=1, keep_checkpoints_without_metrics=False
-            ),
-        ]
-    )
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True, create=True)
+    """The resumable training state in `workdir/checkpoints/<step>/`: the latest `keep_checkpoints` are kept."""
+    keep = config.keep_checkpoints
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
     return ocp.CheckpointManager(workdir / "checkpoints", options=options, item_names=("state", "meta", "data"))
+
+
+class BestWeights:
+    """The weights that scored best so far by `metric` ("ema_..." metrics: the EMA weights), in
+    `workdir/best/<step>/` (params and batch statistics, no optimizer state, and the run's meta with the step and
+    score): written only when the metric improves, so that an evaluation costs no write otherwise. `init_from`
+    and `export_model` read the directory as a training workdir. Resuming at `start_step` forgets what a lost
+    stretch of training beyond it had written, and starts from the best value logged up to it."""
+
+    def __init__(self, workdir: Path, metric: str, meta: dict[str, Any], start_step: int):
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True, create=True)
+        self.manager = ocp.CheckpointManager(workdir / BEST_DIR, options=options, item_names=("state", "meta"))
+        self.metric, self.meta = metric, meta
+        for step in self.manager.all_steps():
+            if step > start_step:
+                self.manager.delete(step)
+        log = workdir / "metrics.jsonl"
+        rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+        values = [row[metric] for row in rows if metric in row and row["step"] <= start_step]
+        self.value = max(values) if values else None
+
+    def update(self, step: int, results: dict[str, float], state: Any) -> bool:
+        """Write the state's weights if `results` improve on the best so far; returns whether it did."""
+        value = results.get(self.metric)
+        if value is None or (self.value is not None and value <= self.value):
+            return False
+        prefix = "ema_" if self.metric.startswith("ema_") else ""
+        weights = {"params": getattr(state, f"{prefix}params"), "batch_stats": getattr(state, f"{prefix}batch_stats")}
+        meta = {**self.meta, "step": step, "metric": self.metric, "value": value}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(weights), meta=ocp.args.JsonSave(meta))
+        self.manager.save(step, args=args, force=True)
+        self.value = value
+        return True
+
+    def wait_until_finished(self) -> None:
+        self.manager.wait_until_finished()
 
 
 def save_args(state: Any, meta: dict[str, Any], batches: Any) -> ocp.args.Composite:
@@ -150,6 +188,55 @@ def read_init_variables(directory: str) -> dict[str, Any]:
     return {k: state[k] for k in keys if state.get(k) is not None}
 
 
+def read_metadata(directory: str) -> dict[str, Any]:
+    """What a checkpoint says about its model: a model checkpoint's `sot_jax.json`, or the `meta` of a training
+    workdir's latest checkpoint ({"model", "num_classes", "overrides", ...: "label_names", "vocab", "lower_case"
+    where recorded}). A model checkpoint's relative `vocab` is made absolute."""
+    path = Path(directory).absolute()
+    if (path / METADATA_FILE).is_file():
+        try:
+            metadata = json.loads((path / METADATA_FILE).read_text())
+        except ValueError as e:
+            raise UserError(f"corrupt checkpoint metadata {path / METADATA_FILE}: {e}") from None
+        if metadata.get("vocab"):
+            metadata["vocab"] = str(path / metadata["vocab"])
+        return metadata
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    manager = ocp.CheckpointManager(root, item_handlers={"meta": ocp.JsonCheckpointHandler()}, options=options)
+    step = manager.latest_step() if root.is_dir() else None
+    if step is None:
+        raise UserError(f"init_from={directory}: no sot_jax model checkpoint or training checkpoint found there")
+    return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+
+def resolve_init_from(config: Any) -> tuple[Any, dict[str, Any] | None]:
+    """(config, the checkpoint's metadata) for `config.init_from` (None without one). For a text model the config
+    comes back completed from the checkpoint: the architecture (`text.inherit_architecture`: a contradicting
+    value is an error), and where unset the vocabulary and casing the checkpoint was trained with; the run says
+    what it took."""
+    if not config.init_from:
+        return config, None
+    metadata = read_metadata(config.init_from)
+    if config.model.name not in models.TEXT_MODELS:
+        return config, metadata
+    config = config.copy_and_resolve_references()
+    options = recipes.model_overrides(config.model)
+    inherited = models.text.inherit_architecture(config.model.name, options, metadata)
+    taken = {k: v for k, v in inherited.items() if options.get(k) is None}
+    for key, value in taken.items():
+        config.model[key] = value
+    if not config.vocab and metadata.get("vocab"):
+        config.vocab = metadata["vocab"]
+        taken["vocab"] = config.vocab
+    if config.input.lower_case is None and metadata.get("lower_case") is not None:
+        config.input.lower_case = metadata["lower_case"]
+        taken["input.lower_case"] = config.input.lower_case
+    if taken and jax.process_index() == 0:
+        print(f"init_from {config.init_from}: " + ", ".join(f"{k} {v}" for k, v in taken.items()), flush=True)
+    return config, metadata
+
+
 def export_model(workdir: str, output: str, ema: bool = False) -> Path:
     """Write the latest checkpoint of the training run in `workdir` as a model checkpoint (what
     `checkpoints.load_model` reads, for inference or sharing); `ema` takes the EMA weights."""
@@ -194,14 +281,19 @@ def merge_pretrained(fresh: Any, loaded: Any, what: str) -> tuple[Any, list[str]
     return flax.traverse_util.unflatten_dict(merged, sep="/"), reinitialized
 
 
-def pretrained_variables(params: Any, batch_stats: Any, directory: str) -> tuple[Any, Any]:
-    """(params, batch_stats) of `directory` in the structure of the given fresh ones; a classifier for another
-    number of classes keeps its fresh initialization (fine-tuning)."""
+def pretrained_variables(
+    params: Any, batch_stats: Any, directory: str, metadata: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
+    """(params, batch_stats) of `directory` in the structure of the given fresh ones. The classifier keeps its
+    fresh initialization (from the run's seed) where the checkpoint's is for another number of classes, or was
+    never trained: a converted checkpoint's `metadata["fresh"]` lists the head modules it initialized itself."""
     loaded = read_init_variables(directory)
+    if metadata and metadata.get("fresh"):
+        loaded = {k: {n: v for n, v in tree.items() if n != "classifier"} for k, tree in loaded.items()}
     params, reinitialized = merge_pretrained(params, loaded["params"], directory)
     batch_stats, _ = merge_pretrained(batch_stats, loaded.get("batch_stats", {}), directory)
     if reinitialized and jax.process_index() == 0:
-        print(f"init_from {directory}: classifier re-initialized ({', '.join(reinitialized)})", flush=True)
+        print(f"init_from {directory}: classifier initialized from the seed ({', '.join(reinitialized)})", flush=True)
     return params, batch_stats
 
 

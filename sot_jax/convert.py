@@ -4,8 +4,10 @@
     python -m sot_jax.convert --model bert_base_sot --checkpoint HF_DIR --output checkpoints/bert_base_sot
 
 For the text models (`bert_*`, `roberta_*`, `gpt*`) the checkpoint is what HF `save_pretrained` writes (a folder
-with config.json and model.safetensors or pytorch_model.bin): sizes come from config.json, a classifier it lacks
-starts fresh (`--num-classes`, default 2 or the checkpoint's), see `models.text.from_hf`. For the vision models
+with config.json and model.safetensors or pytorch_model.bin): sizes come from config.json, the SoT head's shape
+from `--sot-q/--sot-k/--head-dropout`, else the official fork's MGCrP_q/k/dp in config.json; a classifier it
+lacks starts fresh (`--num-classes`, default 2 or the checkpoint's), see `models.text.from_hf`; its tokenizer
+files are kept with the weights, for fine-tuning to tokenize as the model was trained. For the vision models
 the checkpoint may be a state_dict or a dict holding one under `model`, `state_dict` or `state_dict_ema`
 (`--ema` picks the EMA weights, which the SoT papers report); `.npz` files of state-dict arrays work too.
 Missing, unexpected or mis-shaped keys stop the conversion with a message naming them; nothing is written then.
@@ -79,8 +81,9 @@ def convert(
     `models.create_model` and are recorded in the checkpoint. Raises UserError on bad input."""
     num_classes = overrides.pop("num_classes", None)
     if model in models.TEXT_MODELS:
-        _, variables, metadata = models.from_hf(str(checkpoint), model, num_classes)
-        return checkpoints.save_model(output, variables, {**metadata, "source": str(checkpoint)})
+        _, variables, metadata = models.from_hf(str(checkpoint), model, num_classes, **overrides)
+        metadata = {**metadata, "source": str(checkpoint)}
+        return checkpoints.save_model(output, variables, metadata, vocabulary_from=str(checkpoint))
     models.create_model(model, **overrides)  # an unknown name or option fails before any file is read
     state_dict = read_state_dict(checkpoint, ema=ema, allow_pickle=allow_pickle)
     variables = models.from_torch(model, state_dict, num_classes, **overrides)
@@ -108,10 +111,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--num-classes", type=int, help="classes (default: the checkpoint's; a text model without a classifier: 2)"
     )
+    parser.add_argument("--sot-q", type=int, help="text SoT head: MGCrP_q (default: config.json's, else 56)")
+    parser.add_argument("--sot-k", type=int, help="text SoT head: MGCrP_k (default: config.json's, else 32)")
+    parser.add_argument("--head-dropout", type=float, help="head dropout (text SoT head: MGCrP_dp)")
     parser.add_argument("--allow-pickle", action="store_true", help="let torch.load unpickle arbitrary objects")
     args = parser.parse_args(argv)
     try:
-        options = ("img_size", "embed_dim", "depth", "num_heads", "mlp_hidden", "num_classes")
+        text_head = ("sot_q", "sot_k", "head_dropout")
+        if args.model not in models.TEXT_MODELS and any(getattr(args, k) is not None for k in text_head):
+            raise UserError("--sot-q, --sot-k and --head-dropout apply to the text models (bert_*, roberta_*, gpt*)")
+        options = ("img_size", "embed_dim", "depth", "num_heads", "mlp_hidden", "num_classes", *text_head)
         overrides = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
         written = convert(args.model, args.checkpoint, args.output, args.ema, args.allow_pickle, **overrides)
     except UserError as e:

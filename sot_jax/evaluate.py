@@ -1,15 +1,19 @@
-"""Evaluation: the config's `evals` entries resolved (and checked) before training, top-1/top-5 on each.
+"""Evaluation: the config's `evals` entries resolved (and checked) before training, and every metric's definition.
 
-`config.evals` maps a name to {dataset, data_dir, split, optional, label_subset, multi_label, mcc}
-(`recipes.eval_set`); results are logged as `<name>_top1`, `<name>_top5` and, with `mcc`, `<name>_mcc`
-(`config.best_metric` names the one that ranks the best checkpoint). Image and text models alike: `model_inputs`
-turns either kind of batch into the model's keyword inputs.
+`config.evals` maps a name to {dataset, data_dir, split, optional, label_subset, multi_label, metrics, submission}
+(`recipes.eval_set`); results are logged as `<name>_<metric>` (`recipes.EVAL_METRICS`: top1/top5 for images; for
+text, GLUE's: accuracy as top1, mcc, f1, pearson, spearman, and glue, the task's GLUE score), and
+`config.best_metric` names the one that ranks the best weights. Image sets are scored by counts accumulated on the
+device; text sets by every prediction gathered on the host (Spearman's ranks and the submission files need them).
+`model_inputs` turns either kind of batch into the model's keyword inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -30,25 +34,106 @@ def model_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 
 def eval_step(
-    params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, model: Any, class_mask: Any, confusion: bool = False
+    params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, model: Any, class_mask: Any, predict: bool = False
 ) -> dict:
-    """Counts of top-1/top-5 hits over the unpadded examples (with `real` labels: a hit is any of them), and with
-    `confusion` the confusion matrix (true × predicted classes)."""
+    """Counts of top-1/top-5 hits over the unpadded examples (with `real` labels: a hit is any of them), or with
+    `predict` each example's prediction (the arg-max class, or a regression's score), label and mask."""
     logits = model.apply({"params": params, "batch_stats": batch_stats}, **model_inputs(batch))
     if class_mask is not None:  # e.g. ImageNet-A: predict among its 200 classes only
         logits = jnp.where(class_mask, logits, -jnp.inf)
-    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]  # top-5 is top-all below 5 classes
+    if predict:
+        prediction = logits[:, 0] if logits.shape[-1] == 1 else jnp.argmax(logits, axis=-1)
+        return {"prediction": prediction, "label": batch["label"], "mask": batch["mask"]}
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     mask = batch["mask"].astype(jnp.float32)
     if "real" in batch:
         hits = jnp.take_along_axis(batch["real"], top5, axis=1).astype(jnp.float32)
         mask = mask * (jnp.sum(batch["real"], axis=1) > 0)  # ReaL leaves out images without any real label
     else:
         hits = (top5 == batch["label"][:, None]).astype(jnp.float32)
-    counts = {"top1": jnp.sum(hits[:, 0] * mask), "top5": jnp.sum(jnp.max(hits, axis=1) * mask), "count": jnp.sum(mask)}
-    if confusion:
-        classes = logits.shape[-1]
-        counts["confusion"] = jnp.zeros((classes, classes)).at[batch["label"], top5[:, 0]].add(mask)
-    return counts
+    return {"top1": jnp.sum(hits[:, 0] * mask), "top5": jnp.sum(jnp.max(hits, axis=1) * mask), "count": jnp.sum(mask)}
+
+
+# --- metrics of predictions (text tasks) -----------------------------------------------------------------------
+
+
+def confusion_matrix(
+    labels: np.ndarray, predictions: np.ndarray, num_classes: int, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """C×C counts, rows the true class and columns the predicted one (sklearn's layout); `mask` 0 rows skipped."""
+    labels, predictions = np.asarray(labels, np.int64).ravel(), np.asarray(predictions, np.int64).ravel()
+    if mask is not None:
+        keep = np.asarray(mask).ravel() != 0
+        labels, predictions = labels[keep], predictions[keep]
+    return np.bincount(labels * num_classes + predictions, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def matthews_corrcoef(confusion: np.ndarray) -> float:
+    """The Matthews correlation of a C×C confusion matrix (rows true, columns predicted), in Gorodkin's multiclass
+    form as sklearn's `matthews_corrcoef`; 0.0 when either marginal is constant (the correlation is undefined)."""
+    confusion = np.asarray(confusion, np.float64)  # float: the products overflow int64 for large counts
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"matthews_corrcoef needs a square confusion matrix, got shape {confusion.shape}")
+    true_counts, predicted_counts = confusion.sum(axis=1), confusion.sum(axis=0)
+    correct, total = np.trace(confusion), confusion.sum()
+    covariance = correct * total - true_counts @ predicted_counts
+    spread_true = total**2 - true_counts @ true_counts
+    spread_predicted = total**2 - predicted_counts @ predicted_counts
+    if spread_true * spread_predicted == 0:
+        return 0.0
+    return float(covariance / math.sqrt(spread_true * spread_predicted))
+
+
+def f1_score(confusion: np.ndarray) -> float:
+    """F1 of class 1 (GLUE's MRPC and QQP: "equivalent", "duplicate") from a 2×2 confusion matrix, as sklearn's
+    `f1_score` (0.0 when class 1 is neither present nor predicted)."""
+    confusion = np.asarray(confusion, np.float64)
+    true_positive = confusion[1, 1]
+    denominator = 2 * true_positive + confusion[0, 1] + confusion[1, 0]
+    return float(2 * true_positive / denominator) if denominator else 0.0
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's correlation (0.0 when either is constant)."""
+    x, y = np.asarray(x, np.float64) - np.mean(x), np.asarray(y, np.float64) - np.mean(y)
+    spread = math.sqrt(float(x @ x) * float(y @ y))
+    return float(x @ y / spread) if spread else 0.0
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (scipy's `rankdata`)."""
+    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - (counts - 1) / 2.0)[inverse]).astype(np.float64)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation: Pearson's of the average ranks."""
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+def prediction_metrics(
+    metrics: tuple[str, ...], predictions: np.ndarray, labels: np.ndarray, num_classes: int, task_metrics: tuple
+) -> dict[str, float]:
+    """`metrics` (`recipes.EVAL_METRICS` names but top5) of predictions against labels, in percent; `glue` is the
+    mean of `task_metrics` (the task's GLUE metrics)."""
+    def value(metric: str) -> float:
+        if metric in ("pearson", "spearman"):
+            return (pearson if metric == "pearson" else spearman)(predictions, labels)
+        confusion = confusion_matrix(labels, predictions, num_classes)
+        if metric == "mcc":
+            return matthews_corrcoef(confusion)
+        if metric == "f1":
+            return f1_score(confusion)
+        return float(np.trace(confusion) / max(confusion.sum(), 1))  # top1: accuracy
+
+    results = {m: 100 * value(m) for m in metrics if m != "glue"}
+    if "glue" in metrics:
+        results["glue"] = float(np.mean([results.get(m, 100 * value(m)) for m in task_metrics]))
+    return results
+
+
+# --- eval sets --------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -58,16 +143,41 @@ class EvalSet:
     split: str
     multi_label: bool
     class_mask: np.ndarray | None
-    mcc: bool  # also report Matthews' correlation (CoLA's metric)
+    metrics: tuple[str, ...]
+    submission: str  # a GLUE server file name, or ""
+
+    @property
+    def predicts(self) -> bool:
+        """Scored from predictions on the host (text), else from counts on the device (images)."""
+        return hasattr(self.source, "task")
+
+
+def _check_metrics(name: str, metrics: tuple[str, ...], source: Any, num_classes: int) -> None:
+    from sot_jax.data import text
+
+    if isinstance(source, text.TextSource):
+        if source.regression:
+            valid = ("pearson", "spearman", "glue")
+        else:
+            valid = ("top1", "mcc", "glue", *(("top5",) if num_classes > 5 else ()))
+            valid += ("f1",) if num_classes == 2 else ()
+    else:
+        valid = ("top1", "top5")
+    for metric in metrics:
+        if metric not in valid:
+            raise UserError(
+                f"evals.{name}: metric {metric!r} does not apply to {source.name}; valid: {', '.join(valid)}"
+            )
 
 
 def resolve_evals(config: Any, train_source: Any, num_classes: int) -> list[EvalSet]:
     """Every `config.evals` entry with its data source, checked now rather than at the first evaluation: an unknown
-    key, dataset or split, or another number of classes, is an error; an unprepared dataset too, unless the entry
-    is `optional` (then one warning line, and the set is left out)."""
+    key, metric, dataset or split, or another number of classes, is an error; an unprepared dataset too, unless the
+    entry is `optional` (then one warning line, and the set is left out). Text sources other than the training
+    one take its class order (`TextSource.use_label_names`)."""
     from sot_jax.data import pipeline, sources
 
-    if "val" not in config.evals:
+    if "val" not in config.evals and not config.eval_only:
         raise UserError("config.evals needs a 'val' entry (it ranks the best checkpoint)")
     sets = []
     for name, entry in config.evals.items():
@@ -81,6 +191,8 @@ def resolve_evals(config: Any, train_source: Any, num_classes: int) -> list[Eval
                 source = train_source
             else:
                 source = sources.get_source(dataset, data_dir, prepare_embedded=jax.process_index() == 0)
+                if getattr(train_source, "model_class", None) is not None:
+                    source.use_label_names(train_source.label_names)
             split = entry.split or source.eval_split
             source.num_examples(split)  # an unknown split or an unreadable folder stops here
         except sources.DatasetNotReadyError as e:
@@ -93,51 +205,89 @@ def resolve_evals(config: Any, train_source: Any, num_classes: int) -> list[Eval
             raise UserError(f"evals.{name}: {e}") from None
         if source.num_classes != num_classes:
             raise UserError(f"evals.{name}: {dataset} has {source.num_classes} classes, the model {num_classes}")
+        metrics = tuple(entry.metrics)
+        _check_metrics(name, metrics, source, num_classes)
+        if entry.submission and not hasattr(source, "task"):
+            raise UserError(f"evals.{name}: submission files are written for GLUE tasks only, not {dataset}")
         class_mask = pipeline.label_subset(source, split) if entry.label_subset else None
-        sets.append(EvalSet(name, source, split, entry.multi_label, class_mask, entry.mcc))
+        sets.append(EvalSet(name, source, split, entry.multi_label, class_mask, metrics, entry.submission))
     return sets
 
 
 class Evaluator:
-    """Top-1/top-5 (percent) of given weights on each eval set; the jitted steps are built once."""
+    """The metrics (percent) of given weights on each eval set; the jitted steps are built once. After a call,
+    `predictions[name]` holds a text set's predictions in the split's stored order (model class indices)."""
 
     def __init__(self, config: Any, model: Any, eval_sets: list[EvalSet], mesh: Any):
         self.config, self.model, self.eval_sets, self.mesh = config, model, eval_sets, mesh
         replicated = sharding.replicated(mesh)
         step = functools.partial(eval_step, model=model)
         self.steps = {
-            s.name: jax.jit(functools.partial(step, class_mask=s.class_mask, confusion=s.mcc), out_shardings=replicated)
+            s.name: jax.jit(
+                functools.partial(step, class_mask=s.class_mask, predict=s.predicts), out_shardings=replicated
+            )
             for s in eval_sets
         }
         self.batch_sharding = sharding.batch_sharding(mesh)
+        self.predictions: dict[str, np.ndarray] = {}
 
     def __call__(self, params: Any, batch_stats: Any) -> dict[str, float]:
         from sot_jax import data
 
         results = {}
         for eval_set in self.eval_sets:
-            totals: dict[str, Any] = {}
+            outputs: dict[str, list[np.ndarray]] = {}
             batches = data.eval_batches(eval_set.source, eval_set.split, self.config, self.model, eval_set.multi_label)
             for local in batches:
                 batch = sharding.global_batch(local, self.batch_sharding)
-                counts = self.steps[eval_set.name](params, batch_stats, batch)
-                totals = {k: totals.get(k, 0.0) + np.asarray(v, np.float64) for k, v in counts.items()}
-            count = max(float(totals["count"]), 1.0)
-            results[f"{eval_set.name}_top1"] = 100 * float(totals["top1"]) / count
-            results[f"{eval_set.name}_top5"] = 100 * float(totals["top5"]) / count
-            if eval_set.mcc:
-                results[f"{eval_set.name}_mcc"] = 100 * data.text.matthews_corrcoef(totals["confusion"])
+                for key, value in self.steps[eval_set.name](params, batch_stats, batch).items():
+                    outputs.setdefault(key, []).append(np.asarray(value))
+            values = {k: np.concatenate(v) if v[0].ndim else np.sum(v, dtype=np.float64) for k, v in outputs.items()}
+            if eval_set.predicts:
+                keep = values["mask"] != 0
+                predictions, labels = values["prediction"][keep], values["label"][keep]
+                self.predictions[eval_set.name] = predictions
+                scores = prediction_metrics(
+                    eval_set.metrics, predictions, labels, self.model.num_classes, eval_set.source.task.metrics
+                )
+            else:
+                count = max(float(values["count"]), 1.0)
+                scores = {m: 100 * float(values[m]) / count for m in eval_set.metrics}
+            results.update({f"{eval_set.name}_{metric}": value for metric, value in scores.items()})
         return results
 
 
-def evaluate_checkpoint(config: Any) -> dict[str, float]:
-    """eval_only: top-1/top-5 of `config.init_from` on every eval set (and of its EMA weights when it has them)."""
-    from sot_jax.data import sources
+def write_submission(directory: Path, eval_set: EvalSet, predictions: np.ndarray) -> Path:
+    """A GLUE server file: `index<TAB>prediction` per example of the set's split, in the task's label names (MNLI,
+    AX, QNLI, RTE), class indices, or scores (STS-B)."""
+    source = eval_set.source
+    if source.regression:
+        values = [f"{value:.3f}" for value in predictions]
+    else:
+        classes = source.dataset_class(predictions)
+        names = source.builder.info.features["label"].names
+        values = [names[c] for c in classes] if source.task.submission_names else [str(c) for c in classes]
+    ids = source.indices(eval_set.split)
+    path = directory / eval_set.submission
+    path.write_text("index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, values, strict=True)))
+    return path
 
-    source = sources.get_source(config.dataset, config.data_dir, prepare_embedded=jax.process_index() == 0)
+
+def evaluate_checkpoint(config: Any, workdir: str | None = None) -> dict[str, float]:
+    """eval_only: the metrics of `config.init_from` on every eval set (and of its EMA weights when it has them);
+    sets with a `submission` file name write their predictions there, in `workdir` (GLUE's test splits)."""
+    from sot_jax import data
+
+    config, pretrained = checkpoints.resolve_init_from(config)
+    source = data.sources.get_source(config.dataset, config.data_dir, prepare_embedded=jax.process_index() == 0)
+    data.use_checkpoint_classes(source, pretrained)
     model = recipes.build_model(config.model, source.num_classes)
     mesh = sharding.make_mesh()
-    evaluator = Evaluator(config, model, resolve_evals(config, source, source.num_classes), mesh)
+    eval_sets = resolve_evals(config, source, source.num_classes)
+    submissions = [s for s in eval_sets if s.submission]
+    if submissions and not workdir:
+        raise UserError(f"--workdir is required: the submission files ({submissions[0].submission}, ...) go there")
+    evaluator = Evaluator(config, model, eval_sets, mesh)
     loaded = checkpoints.read_init_variables(config.init_from)
     fresh = models.abstract_variables(model)
     results = {}
@@ -150,4 +300,9 @@ def evaluate_checkpoint(config: Any) -> dict[str, float]:
         )
         params, batch_stats = jax.device_put((params, batch_stats), sharding.replicated(mesh))
         results.update({prefix + k: v for k, v in evaluator(params, batch_stats).items()})
+        if not prefix and submissions and jax.process_index() == 0:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+            for eval_set in submissions:
+                written = write_submission(Path(workdir), eval_set, evaluator.predictions[eval_set.name])
+                print(f"wrote {written}", flush=True)
     return results

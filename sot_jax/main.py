@@ -13,7 +13,11 @@ import os
 import re
 import sys
 
+from sot_jax import xla_defaults  # imports no JAX backend: the flags below still take effect
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # if TensorFlow loads (preparing a dataset): no C++ INFO lines
+# The measured XLA defaults (sot_jax/xla_defaults.py), before JAX's backend starts: XLA reads XLA_FLAGS only then.
+os.environ["XLA_FLAGS"] = xla_defaults.with_defaults(os.environ.get("XLA_FLAGS", ""))
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -74,7 +78,7 @@ def main(argv: list[str]) -> None:
     from sot_jax import evaluate, train
 
     if config.eval_only:
-        for key, value in evaluate.evaluate_checkpoint(config).items():
+        for key, value in evaluate.evaluate_checkpoint(config, _WORKDIR.value).items():
             print(f"{key}: {value:.2f}")
     else:
         train.train_and_evaluate(config, _WORKDIR.value)

@@ -23,18 +23,23 @@ MODEL_OPTIONS = {
 }  # fmt: skip
 # Keys of an evals entry: dataset and data_dir ("" = the config's), split ("" = the dataset's validation split),
 # optional (skipped with one warning line when not prepared), label_subset (predict among the classes present,
-# ImageNet-A), multi_label (ImageNet-ReaL's real labels), mcc (also log Matthews' correlation, CoLA's metric).
-EVAL_KEYS = ("dataset", "data_dir", "split", "optional", "label_subset", "multi_label", "mcc")
+# ImageNet-A), multi_label (ImageNet-ReaL's real labels), metrics (what is logged as <name>_<metric>, see
+# EVAL_METRICS; none for a test split without labels), submission (a GLUE server file name: eval_only writes the
+# set's predictions into the workdir under it).
+EVAL_KEYS = ("dataset", "data_dir", "split", "optional", "label_subset", "multi_label", "metrics", "submission")
+# top1 (accuracy) and top5 (above 5 classes), and for text tasks GLUE's: mcc (Matthews), f1 (of class 1), pearson and
+# spearman (regression), glue (the task's GLUE score: the mean of its metrics), all in percent.
+EVAL_METRICS = ("top1", "top5", "mcc", "f1", "pearson", "spearman", "glue")
 
 
 def eval_set(
     dataset: str = "", split: str = "", optional: bool = False, label_subset: bool = False, multi_label: bool = False,
-    mcc: bool = False,
+    metrics: tuple[str, ...] = ("top1", "top5"), submission: str = "",
 ) -> ml_collections.ConfigDict:
     """One `config.evals` entry (see EVAL_KEYS)."""
     return ml_collections.ConfigDict(
         {"dataset": dataset, "data_dir": "", "split": split, "optional": optional, "label_subset": label_subset,
-         "multi_label": multi_label, "mcc": mcc}
+         "multi_label": multi_label, "metrics": tuple(metrics), "submission": submission}
     )  # fmt: skip
 
 
@@ -64,8 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.init_from = ""  # a converted or trained checkpoint to start from (fine-tuning re-inits the classifier)
     config.eval_only = False
     config.dry_run = False  # True: print the resolved recipe (`describe`) and exit, touching no data
-    # The checkpoint kept as best: an eval metric ("val_top1", "ema_val_top1" for the EMA weights, ...); "auto":
-    # ema_val_top1 with EMA on (the SoT and LV-ViT scripts), else val_top1.
+    # The weights kept as best (workdir/best): an eval metric ("val_top1", "ema_val_top1" for the EMA weights, ...);
+    # "auto": ema_val_top1 with EMA on (the SoT and LV-ViT scripts), else val_top1.
     config.best_metric = "auto"
 
     config.model = ml_collections.ConfigDict()
@@ -128,14 +133,14 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def best_metric(config: ml_collections.ConfigDict) -> str:
-    """`config.best_metric`, checked against the metrics every evaluation logs: top-1/top-5 (and mcc where asked)
-    of a non-optional eval set, with the "ema_" prefix only when EMA is on; "auto" is ema_val_top1 with EMA on
+    """`config.best_metric`, checked against the metrics every evaluation logs: the `metrics` of a non-optional
+    eval set, with the "ema_" prefix only when EMA is on; "auto" is ema_val_top1 with EMA on
     (the official SoT and LV-ViT scripts rank checkpoints by the EMA weights), else val_top1 (DeiT, HVT)."""
     ema = config.optim.ema_decay > 0
     metrics = []
     for name, entry in config.evals.items():
         if not entry.optional:
-            metrics += [f"{name}_top1", f"{name}_top5"] + ([f"{name}_mcc"] if entry.get("mcc") else [])
+            metrics += [f"{name}_{metric}" for metric in entry.metrics]
     metrics += [f"ema_{m}" for m in metrics] if ema else []
     metric = config.best_metric
     if metric == "auto":
@@ -210,7 +215,8 @@ def digits_demo(config: ml_collections.ConfigDict, model: str, **model_options) 
 KNOWN_TRAIN_EXAMPLES = {
     ("imagenet2012", "train"): 1_281_167, ("digits", "train"): 1_437, ("brackets", "train"): 8_000,
     ("glue/cola", "train"): 8_551, ("glue/rte", "train"): 2_490, ("glue/mnli", "train"): 392_702,
-    ("glue/qnli", "train"): 104_743, ("glue/sst2", "train"): 67_349,
+    ("glue/qnli", "train"): 104_743, ("glue/sst2", "train"): 67_349, ("glue/mrpc", "train"): 3_668,
+    ("glue/stsb", "train"): 5_749, ("glue/qqp", "train"): 363_846, ("glue/wnli", "train"): 635,
 }  # fmt: skip
 
 
@@ -281,9 +287,10 @@ def describe(config: ml_collections.ConfigDict) -> str:
             f"sets {sets}",
         ]
     else:  # text
-        vocab = config.get("vocab") or "the dataset's own"
+        vocab = config.get("vocab") or ("init_from's" if config.init_from else "the dataset's own")
+        casing = "the vocabulary's saved casing" if i.lower_case is None else f"lower_case {i.lower_case}"
         inputs = [
-            f"text: max_seq_length {i.max_seq_length}, vocabulary {vocab}, lower_case {i.lower_case}; "
+            f"text: max_seq_length {i.max_seq_length}, vocabulary {vocab}, {casing}; "
             f"label smoothing {a.label_smoothing:g}",
             f"eval sets {sets}",
         ]
@@ -296,8 +303,9 @@ def describe(config: ml_collections.ConfigDict) -> str:
         + clip,
         *schedule,
         *inputs[:-1],
-        f"EMA {o.ema_decay:g}; best checkpoint by {best_metric(config)}" if o.ema_decay else
-        f"no EMA; best checkpoint by {best_metric(config)}",
+        "eval_only: no training" if config.eval_only else
+        f"EMA {o.ema_decay:g}; best weights by {best_metric(config)}" if o.ema_decay else
+        f"no EMA; best weights by {best_metric(config)}",
         inputs[-1],
     ]  # fmt: skip
     return "\n".join(lines)

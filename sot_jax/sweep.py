@@ -66,14 +66,16 @@ def parse_value(config: Any, key: str, text: str) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class Combination:
-    """A named set of overrides (KEY -> VALUE as typed on the command line)."""
+    """A named set of overrides (KEY -> VALUE as typed on the command line); its runs go in the sweep's
+    `<folder>/seed_<s>`, the folder by default the name ("": the sweep directory itself)."""
 
     name: str
     overrides: tuple[tuple[str, str], ...]
+    folder: str | None = None
 
     @property
     def directory(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", self.name)
+        return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", self.name) if self.folder is None else self.folder
 
 
 def combinations(grid: Sequence[str], variants: Sequence[str]) -> list[Combination]:
@@ -178,6 +180,14 @@ def execute(runs: list[Run], workdir: Path, spec: str, launch: Callable[[list[st
             failed[str(run.directory)] = code
             print(f"run {run.directory} failed (exit {code}); the sweep goes on", flush=True)
     return failed
+
+
+def print_pending(runs: list[Run], workdir: Path, spec: str) -> None:
+    """One `python -m sot_jax.main ...` line per run not finished (recorded first, as `execute` does)."""
+    for run in runs:
+        if not run.finished():
+            _record(workdir, spec, run)
+            print(shlex.join(["python", *run.command[1:]]))
 
 
 def final_and_best(workdir: str | Path, metric: str) -> tuple[float, float, int]:
@@ -327,12 +337,9 @@ def main(argv: list[str] | None = None, launch: Callable[[list[str]], int] | Non
         runs = plan(args.config, args.workdir, combos, seeds, common)
         metric = args.metric or recipes.best_metric(base)
         if args.print_commands:
-            for run in runs:
-                if not run.finished():
-                    _record(args.workdir, args.config, run)
-                    print(shlex.join(["python", *run.command[1:]]))
+            print_pending(runs, args.workdir, args.config)
             return 0
-        failed = {} if args.summarize else execute(runs, args.workdir, args.config, launch or _launch)
+        failed = {} if args.summarize else execute(runs, args.workdir, args.config, launch or run_command)
         print(write_summary(runs, args.workdir, metric, baseline, failed), end="")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -340,7 +347,7 @@ def main(argv: list[str] | None = None, launch: Callable[[list[str]], int] | Non
     return 1 if failed else 0
 
 
-def _launch(command: list[str]) -> int:
+def run_command(command: list[str]) -> int:
     return subprocess.run(command).returncode
 
 

@@ -149,8 +149,10 @@ def train_step(
     state: TrainState, batch: dict[str, jax.Array], *, model: Any, tx: Any, schedule: Callable, config: Any
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step (with `grad_accum_steps` micro-batches): augment images (`augment_images`; text batches
-    go in as they are), forward, backward, AdamW, EMA."""
+    go in as they are), forward, backward, AdamW, EMA. Float labels are a regression's scores (STS-B): the model's
+    one output learns them by mean squared error."""
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    regression = jnp.issubdtype(batch["label"].dtype, jnp.floating) if "label" in batch else False
     accum = config.optim.grad_accum_steps
     micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
 
@@ -162,13 +164,17 @@ def train_step(
             model_inputs, targets, token_targets = augment_images(augment_key, micro_batch, model, config.aug)
         else:
             model_inputs, token_targets = evaluate.model_inputs(micro_batch), None
-            targets = augment.smooth_one_hot(micro_batch["label"], model.num_classes, config.aug.label_smoothing)
+            targets = micro_batch["label"]
+            if not regression:
+                targets = augment.smooth_one_hot(targets, model.num_classes, config.aug.label_smoothing)
 
         def loss_fn(params):
             outputs, updates = model.apply(
                 {"params": params, "batch_stats": batch_stats}, **model_inputs, train=True,
                 rngs={"dropout": dropout_key}, mutable=["batch_stats"],
             )  # fmt: skip
+            if regression:
+                return jnp.mean((outputs[:, 0] - targets) ** 2), updates
             loss = classification_loss(outputs, targets, tuple(config.optim.sum_loss_weights), token_targets)
             return loss, updates
 
@@ -295,12 +301,16 @@ class Stopper:
 
 
 class Loop:
-    """The step loop's bookkeeping: metrics fetched lazily from the device, checkpoints, evaluation, stopping."""
+    """The step loop's bookkeeping: metrics fetched lazily from the device, evaluation (which writes only improved
+    best weights), the resumable state every `checkpoint_every_steps`, at the end and on SIGTERM, stopping."""
 
     def __init__(
-        self, config: Any, evaluator: evaluate.Evaluator, manager: ocp.CheckpointManager, log: MetricsLog, meta: dict
-    ):
-        self.config, self.evaluator, self.manager, self.log, self.meta = config, evaluator, manager, log, meta
+        self, config: Any, evaluator: evaluate.Evaluator, manager: ocp.CheckpointManager, best: checkpoints.BestWeights,
+        log: MetricsLog, meta: dict,
+    ):  # fmt: skip
+        self.config, self.evaluator, self.manager, self.best, self.log, self.meta = (
+            config, evaluator, manager, best, log, meta
+        )  # fmt: skip
         self.pending: list[tuple[int, dict]] = []  # per-step metrics still on the device: no per-step sync
         self.last_saved = manager.latest_step()
         self.window_start, self.window_step = time.perf_counter(), None
@@ -329,10 +339,9 @@ class Loop:
                 loss=f"{latest['loss']:.4f}", lr=f"{latest['lr']:.2e}", img_s=f"{img_per_sec:.0f}"
             )
 
-    def save(self, step: int, state: TrainState, metrics: dict | None = None) -> None:
+    def save(self, step: int, state: TrainState) -> None:
         self.flush_metrics(step)  # never checkpoint a state that followed a non-finite loss
-        args = checkpoints.save_args(state, self.meta, self.batches)
-        self.manager.save(step, args=args, metrics=metrics, force=True)
+        self.manager.save(step, args=checkpoints.save_args(state, self.meta, self.batches), force=True)
         self.last_saved = step
 
     def evaluate(self, step: int, state: TrainState) -> dict[str, float]:
@@ -365,11 +374,10 @@ class Loop:
                     after_step(step)
                 if step % config.log_every_steps == 0:
                     self.flush_metrics(step)
-                evaluated = None
                 if step % eval_every == 0 or step == total_steps:
-                    evaluated = self.evaluate(step, state)
-                if evaluated is not None or step % config.checkpoint_every_steps == 0 or step == total_steps:
-                    self.save(step, state, evaluated)  # every metric: config.best_metric picks the ranking one
+                    self.best.update(step, self.evaluate(step, state), state)
+                if step % config.checkpoint_every_steps == 0 or step == total_steps:
+                    self.save(step, state)
                 if stopper.should_stop(step):
                     if self.last_saved != step:
                         self.save(step, state)
@@ -390,8 +398,9 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
     `after_step(step)` is called after each step (a hook for profiling or tests)."""
     from sot_jax import data
 
-    # Set up: check the config, find the workdir.
+    # Set up: check the config (completed from init_from's checkpoint for a text model), find the workdir.
     validate_config(config, jax.device_count(), jax.process_count())
+    config, pretrained = checkpoints.resolve_init_from(config)
     workdir = Path(workdir).absolute()
     is_main = jax.process_index() == 0
     if is_main:
@@ -399,6 +408,7 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
 
     # Data: the training source, and the schedule's length in steps.
     source = data.sources.get_source(config.dataset, config.data_dir, prepare_embedded=is_main)
+    data.use_checkpoint_classes(source, pretrained)
     epoch_steps = data.pipeline.steps_per_epoch(source, config.input.train_split, config.batch_size)
     total_steps = config.total_steps or epoch_steps * (config.optim.num_epochs + config.optim.cooldown_epochs)
     eval_every = config.eval_every_steps or epoch_steps
@@ -426,7 +436,9 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
     else:
         state = jax.jit(init_state, out_shardings=shardings)()
         if config.init_from:
-            params, batch_stats = checkpoints.pretrained_variables(state.params, state.batch_stats, config.init_from)
+            params, batch_stats = checkpoints.pretrained_variables(
+                state.params, state.batch_stats, config.init_from, pretrained
+            )
             state = jax.device_put(with_fresh_ema(state.replace(params=params, batch_stats=batch_stats)), shardings)
 
     # Step: jitted over the mesh; batches from this workdir's step on.
@@ -441,13 +453,15 @@ def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], No
     stopper = Stopper()
     overrides = {k: v for k, v in recipes.model_overrides(config.model).items() if k != "dtype"}
     meta = {"model": config.model.name, "num_classes": source.num_classes, "overrides": overrides,
-            "config": config.to_json_best_effort()}  # fmt: skip
+            **data.checkpoint_record(source, config), "config": config.to_json_best_effort()}  # fmt: skip
+    best = checkpoints.BestWeights(workdir, recipes.best_metric(config), meta, start)
     try:
-        state = Loop(config, evaluator, manager, log, meta).run(
+        state = Loop(config, evaluator, manager, best, log, meta).run(
             state, start, total_steps, eval_every, batches, step_fn, batch_sharding, stopper, after_step
         )
     finally:
         manager.wait_until_finished()
+        best.wait_until_finished()
         stopper.close()
     if is_main and int(state.step) == total_steps:  # the dev score both ways, as GLUE results are reported
         metric = recipes.best_metric(config)

@@ -20,6 +20,40 @@ def load_config(path: str, variant: str):
     return module.get_config(variant)
 
 
+def write_glue(root: str, splits: dict, words, examples: int) -> None:
+    """GLUE tasks ({task: split names}) as `python -m sot_jax.prepare` leaves them (ArrayRecord shards under TFDS's
+    names and metadata), `examples` per split serialized by TFDS's own features from sentences of `words`: test
+    splits with GLUE's hidden labels (-1), STS-B's float scores, `idx` from 100."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import file_adapters
+
+    rng = np.random.default_rng(0)
+    for config, split_names in splits.items():
+        builder = tfds.builder(f"glue/{config}", data_dir=root, file_format="array_record")
+        features = builder.info.features
+        infos = []
+        for split in split_names:
+            serialized = []
+            for index in range(examples):
+                if split.startswith("test"):
+                    label = -1
+                elif config == "stsb":
+                    label = float(np.round(rng.uniform(0, 5), 2))
+                else:
+                    label = int(rng.integers(features["label"].num_classes))
+                example = {"idx": 100 + index, "label": label}
+                for key in features:
+                    if key not in example:
+                        example[key] = " ".join(rng.choice(words, size=int(rng.integers(3, 8))))
+                serialized.append((index, features.serialize_example(example)))
+            path = Path(builder.data_dir) / f"glue-{split}.array_record-00000-of-00001"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            file_adapters.ArrayRecordFileAdapter.write_examples(path, iter(serialized))
+            infos.append(tfds.core.SplitInfo(name=split, shard_lengths=[examples], num_bytes=0))
+        builder.info.set_splits(tfds.core.SplitDict(infos))
+        builder.info.write_to_directory(builder.data_dir)
+
+
 def _skip_torchvision_fake_ops() -> None:
     """torchvision from PyPI fails to register its fake ops against this CPU torch build (`operator torchvision::nms
     does not exist`, SPEC §9), and timm and transformers import it. None of those ops is used in these tests, so

@@ -33,7 +33,7 @@ EXPECTED = {
         r"newton_schulz +\S+ +[\d.]+e",
     ],  # fmt: skip
     "text_finetune.ipynb": [
-        r"val_mcc: final -?\d+\.\d\d, best",
+        r"val_glue: final -?\d+\.\d\d, best",
         r"the shares sum to each visual margin \(max error \d\.\de-0[4-9]\)",
         r"bracket +\d\.\d{3} +[+-]\d\.\d{3} +[+-]\d\.\d{3} +[+-]\d\.\d{3}",
     ],  # fmt: skip

@@ -311,7 +311,7 @@ def test_dry_run_prints_the_recipe_without_data_or_workdir(tmp_path):
     expected = (
         "300 epochs + 10 cooldown = 310 epochs = 387810 steps (1251 per epoch", "peak lr 0.001",
         "lr at warmup end (epoch 5): 0.0009993", "RandAugment n2 m9 mstd0.5", "random erasing 0.25",
-        "mixup 0.8 / cutmix 1", "EMA 0.99996; best checkpoint by ema_val_top1", "resize 256 bicubic",
+        "mixup 0.8 / cutmix 1", "EMA 0.99996; best weights by ema_val_top1", "resize 256 bicubic",
     )  # fmt: skip
     for line in expected:
         assert line in out, out

@@ -3,14 +3,14 @@ embedded `brackets` corpus, text training/evaluation batches, and GLUE sources u
 
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
+from conftest import write_glue
 
 from sot_jax.data import brackets, text
 from sot_jax.data.sources import DatasetNotReadyError
+from sot_jax.data.tokenization import encode, load_tokenizer, truncated_lengths
 from sot_jax.errors import UserError
 
 transformers = pytest.importorskip("transformers")
@@ -114,15 +114,15 @@ def test_wordpiece_matches_bert_tokenizers(vocab_dirs, lower_case):
     from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
     vocab = str(vocab_dirs / "wordpiece" / "vocab.txt")
-    ours = text.load_tokenizer(vocab, lower_case=lower_case)
+    ours = load_tokenizer(vocab, lower_case=lower_case)
     assert ours.kind == "wordpiece" and ours.pad_id == 0 and ours.vocab_size == len(WORDPIECE_VOCAB)
     fast = transformers.BertTokenizerFast.from_pretrained(str(vocab_dirs / "wordpiece"), do_lower_case=lower_case)
     python = BertTokenizerLegacy(vocab_file=vocab, do_lower_case=lower_case)
     texts_a, texts_b = pairs_of(WORDPIECE_TEXTS)
     for max_length in (32, 16, 10, 8):
         for reference in (fast, python):
-            assert_same(text.encode(ours, texts_a, None, max_length), hf_encode(reference, texts_a, None, max_length))
-        encoded = text.encode(ours, texts_a, texts_b, max_length)
+            assert_same(encode(ours, texts_a, None, max_length), hf_encode(reference, texts_a, None, max_length))
+        encoded = encode(ours, texts_a, texts_b, max_length)
         assert_same(encoded, hf_encode(python, texts_a, texts_b, max_length))
         ties = odd_tie_rows(ours, texts_a, texts_b, max_length)
         rows = [i for i in range(len(texts_a)) if i not in ties]
@@ -131,8 +131,8 @@ def test_wordpiece_matches_bert_tokenizers(vocab_dirs, lower_case):
     assert odd_tie_rows(ours, texts_a, texts_b, 10)  # the documented difference was exercised
     if not lower_case:  # the backend alone adds the same special tokens
         a, b = "The quick fox", "jumps over"
-        mask = text.encode(ours, [a], [b], 32)["attention_mask"][0] == 1
-        assert ours.backend.encode(a, b).ids == text.encode(ours, [a], [b], 32)["input_ids"][0][mask].tolist()
+        mask = encode(ours, [a], [b], 32)["attention_mask"][0] == 1
+        assert ours.backend.encode(a, b).ids == encode(ours, [a], [b], 32)["input_ids"][0][mask].tolist()
 
 
 def test_pair_truncation_is_longest_first_one_token_at_a_time():
@@ -145,12 +145,12 @@ def test_pair_truncation_is_longest_first_one_token_at_a_time():
         return a, b
 
     for a, b, budget in itertools.product(range(12), range(12), range(2, 20)):
-        assert text.truncated_lengths(a, b, budget) == one_at_a_time(a, b, budget), (a, b, budget)
+        assert truncated_lengths(a, b, budget) == one_at_a_time(a, b, budget), (a, b, budget)
 
 
 @pytest.mark.parametrize("kind", ["roberta", "gpt2"])
 def test_byte_level_bpe_matches_roberta_and_gpt2(vocab_dirs, kind):
-    ours = text.load_tokenizer(str(vocab_dirs / kind))
+    ours = load_tokenizer(str(vocab_dirs / kind))
     assert ours.kind == kind
     if kind == "roberta":
         hf = transformers.RobertaTokenizerFast.from_pretrained(str(vocab_dirs / kind))
@@ -162,26 +162,26 @@ def test_byte_level_bpe_matches_roberta_and_gpt2(vocab_dirs, kind):
     texts_a, texts_b = pairs_of(BPE_TEXTS)
     for max_length in (24, 10, 7):
         keys = ("input_ids", "attention_mask")
-        assert_same(text.encode(ours, texts_a, None, max_length), hf_encode(hf, texts_a, None, max_length), keys)
-        encoded = text.encode(ours, texts_a, texts_b, max_length)
+        assert_same(encode(ours, texts_a, None, max_length), hf_encode(hf, texts_a, None, max_length), keys)
+        encoded = encode(ours, texts_a, texts_b, max_length)
         rows = [i for i in range(len(texts_a)) if i not in odd_tie_rows(ours, texts_a, texts_b, max_length)]
         assert_same(encoded, hf_encode(hf, texts_a, texts_b, max_length), keys, rows=rows)
         assert not encoded["token_type_ids"].any()  # one token type (RoBERTa) or none (GPT-2)
-    upper = text.encode(text.load_tokenizer(str(vocab_dirs / kind), lower_case=True), ["THE CAT"], None, 8)
-    np.testing.assert_array_equal(upper["input_ids"], text.encode(ours, ["the cat"], None, 8)["input_ids"])
+    upper = encode(load_tokenizer(str(vocab_dirs / kind), lower_case=True), ["THE CAT"], None, 8)
+    np.testing.assert_array_equal(upper["input_ids"], encode(ours, ["the cat"], None, 8)["input_ids"])
 
 
 def test_gpt1_bpe_matches_openai_gpt_tokenizer(vocab_dirs):
-    ours = text.load_tokenizer(str(vocab_dirs / "gpt"))
+    ours = load_tokenizer(str(vocab_dirs / "gpt"))
     assert ours.kind == "gpt" and ours.pad_id == 0
     hf = transformers.OpenAIGPTTokenizer.from_pretrained(str(vocab_dirs / "gpt"))
     hf.pad_token = "<unk>"
     texts_a, texts_b = pairs_of(GPT_TEXTS)
     for max_length in (24, 9):
         keys = ("input_ids", "attention_mask")
-        assert_same(text.encode(ours, texts_a, None, max_length), hf_encode(hf, texts_a, None, max_length), keys)
+        assert_same(encode(ours, texts_a, None, max_length), hf_encode(hf, texts_a, None, max_length), keys)
         rows = [i for i in range(len(texts_a)) if i not in odd_tie_rows(ours, texts_a, texts_b, max_length)]
-        encoded = text.encode(ours, texts_a, texts_b, max_length)
+        encoded = encode(ours, texts_a, texts_b, max_length)
         assert_same(encoded, hf_encode(hf, texts_a, texts_b, max_length), keys, rows=rows)
 
 
@@ -192,62 +192,24 @@ def test_tokenizer_json_from_save_pretrained_loads_the_same(vocab_dirs, tmp_path
         assert not (tmp_path / kind / "vocab.txt").exists()  # transformers 5 writes tokenizer.json only
         for lower_case in (False, True):
             texts = WORDPIECE_TEXTS if kind == "wordpiece" else BPE_TEXTS
-            saved = text.encode(text.load_tokenizer(str(tmp_path / kind), lower_case), texts, texts[::-1], 16)
-            original = text.encode(text.load_tokenizer(str(vocab_dirs / kind), lower_case), texts, texts[::-1], 16)
+            saved = encode(load_tokenizer(str(tmp_path / kind), lower_case), texts, texts[::-1], 16)
+            original = encode(load_tokenizer(str(vocab_dirs / kind), lower_case), texts, texts[::-1], 16)
             assert_same(saved, original)
 
 
 def test_tokenizer_errors_name_what_is_expected(vocab_dirs, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        text.load_tokenizer(str(tmp_path / "nowhere"))
+        load_tokenizer(str(tmp_path / "nowhere"))
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "vocab.json").write_text("{}")
     with pytest.raises(UserError, match=r"none of vocab.json \+ merges.txt .* it holds: vocab.json"):
-        text.load_tokenizer(str(tmp_path / "half"))
+        load_tokenizer(str(tmp_path / "half"))
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
     with pytest.raises(UserError, match=r"lacks \[CLS\], \[SEP\]"):
-        text.load_tokenizer(str(tmp_path / "vocab.txt"))
-    tokenizer = text.load_tokenizer(str(vocab_dirs / "wordpiece"))
+        load_tokenizer(str(tmp_path / "vocab.txt"))
+    tokenizer = load_tokenizer(str(vocab_dirs / "wordpiece"))
     with pytest.raises(UserError, match="no room"):
-        text.encode(tokenizer, ["a"], ["b"], max_seq_length=4)
-
-
-# --- metrics ---------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.filterwarnings("ignore:A single label was found")
-def test_matthews_corrcoef_equals_sklearn():
-    from sklearn.metrics import matthews_corrcoef
-
-    rng = np.random.default_rng(0)
-    cases = []
-    for classes in (2, 3, 5):
-        labels = rng.integers(classes, size=200)
-        noisy = np.where(rng.random(200) < 0.6, labels, rng.integers(classes, size=200))
-        cases += [
-            (labels, noisy, classes),
-            (labels, labels, classes),
-            (labels, rng.integers(classes, size=200), classes),
-        ]
-    cases += [
-        (np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0]), 2),  # -1
-        (np.array([0, 1, 0, 1]), np.array([1, 1, 1, 1]), 2),  # one predicted class: 0.0
-        (np.array([1, 1, 1, 1]), np.array([0, 1, 0, 1]), 2),  # one true class: 0.0
-        (np.array([2, 2, 2]), np.array([2, 2, 2]), 3),  # both constant: 0.0
-    ]
-    for labels, predictions, classes in cases:
-        ours = text.matthews_corrcoef(text.confusion_matrix(labels, predictions, classes))
-        assert ours == pytest.approx(matthews_corrcoef(labels, predictions), abs=1e-12)
-    assert text.matthews_corrcoef(np.zeros((2, 2))) == 0.0
-    # Counts whose products overflow int64, against sklearn with sample weights.
-    weights = np.array([4e9, 1e9, 2e9, 5e9])
-    expected = matthews_corrcoef([0, 0, 1, 1], [0, 1, 0, 1], sample_weight=weights)
-    assert text.matthews_corrcoef(np.array([[4e9, 1e9], [2e9, 5e9]], np.int64)) == pytest.approx(expected)
-    masked = text.confusion_matrix([0, 1, 1], [0, 1, 0], 2, mask=[1, 1, 0])
-    np.testing.assert_array_equal(masked, [[1, 0], [0, 1]])
-    assert text.metric_value("accuracy", np.array([[3, 1], [0, 4]])) == 7 / 8
-    with pytest.raises(UserError, match="choose one of accuracy, mcc"):
-        text.metric_value("f1", masked)
+        encode(tokenizer, ["a"], ["b"], max_seq_length=4)
 
 
 # --- the brackets corpus ---------------------------------------------------------------------------------------
@@ -272,11 +234,11 @@ def brackets_source(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def brackets_tokenizer(tmp_path_factory):
-    return text.load_tokenizer(brackets.vocab_file(str(tmp_path_factory.mktemp("brackets_vocab"))))
+    return load_tokenizer(brackets.vocab_file(str(tmp_path_factory.mktemp("brackets_vocab"))))
 
 
 def test_brackets_corpus_is_balanced_and_labelled_correctly(brackets_source, brackets_tokenizer):
-    assert brackets_source.num_classes == 2 and brackets_source.metric == "mcc"
+    assert brackets_source.num_classes == 2 and brackets_source.task.metrics == ("mcc",)
     assert brackets_source.eval_split == "validation"
     seen = set()
     for split, size in (("train", 8000), ("validation", 1000)):
@@ -356,33 +318,16 @@ def test_text_evaluation_sees_every_example_once_with_padding(brackets_source, b
 GLUE_EXAMPLES = 24
 
 
+GLUE_SPLITS = {
+    "cola": ("train", "validation", "test"), "rte": ("train", "validation"), "stsb": ("train", "validation"),
+    "mnli": ("train", "validation_matched", "validation_mismatched", "test_matched"), "ax": ("test",),
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def glue_data(tmp_path_factory):
-    """glue/cola and glue/rte as `python -m sot_jax.prepare` leaves them (ArrayRecord shards under TFDS's names and
-    metadata), their examples serialized by TFDS's own features from generated sentences."""
-    from tensorflow_datasets.core import file_adapters
-
     root = str(tmp_path_factory.mktemp("glue"))
-    rng = np.random.default_rng(0)
-    words = ("the", "cat", "sat", "on", "a", "mat", "dog", "ran")
-    for config in ("cola", "rte"):
-        builder = tfds.builder(f"glue/{config}", data_dir=root, file_format="array_record")
-        features = builder.info.features
-        splits = []
-        for split in ("train", "validation"):
-            examples = []
-            for index in range(GLUE_EXAMPLES):
-                example = {"idx": index, "label": int(rng.integers(2))}
-                for key in features:
-                    if key not in example:
-                        example[key] = " ".join(rng.choice(words, size=int(rng.integers(3, 8))))
-                examples.append((index, features.serialize_example(example)))
-            path = Path(builder.data_dir) / f"glue-{split}.array_record-00000-of-00001"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            file_adapters.ArrayRecordFileAdapter.write_examples(path, iter(examples))
-            splits.append(tfds.core.SplitInfo(name=split, shard_lengths=[GLUE_EXAMPLES], num_bytes=0))
-        builder.info.set_splits(tfds.core.SplitDict(splits))
-        builder.info.write_to_directory(builder.data_dir)
+    write_glue(root, GLUE_SPLITS, brackets.WORDS, GLUE_EXAMPLES)  # the vocabulary of `brackets_tokenizer`
     return root
 
 
@@ -395,9 +340,9 @@ def test_glue_sources_map_features_and_batch(glue_data, brackets_tokenizer, task
     first, second, labels = source.texts("validation")
     assert len(first) == GLUE_EXAMPLES and set(labels.tolist()) <= {0, 1} and all(isinstance(t, str) for t in first)
     if task == "cola":
-        assert source.text_features == ("sentence",) and source.metric == "mcc" and second is None
+        assert source.text_features == ("sentence",) and source.task.metrics == ("mcc",) and second is None
     else:
-        assert source.text_features == ("sentence1", "sentence2") and source.metric == "accuracy"
+        assert source.text_features == ("sentence1", "sentence2") and source.task.metrics == ("top1",)
         assert len(second) == GLUE_EXAMPLES
     batch = next(
         text.text_train_batches(source, brackets_tokenizer, max_seq_length=16, seed=0, global_batch=8, start_step=0)
@@ -412,11 +357,39 @@ def test_glue_sources_map_features_and_batch(glue_data, brackets_tokenizer, task
         source.num_examples("validation_matched")
 
 
+def test_glue_regression_test_splits_and_class_order(glue_data, brackets_tokenizer):
+    """STS-B is a regression (one output, float scores); a test split's hidden labels cannot be trained on; MNLI's
+    labels follow a checkpoint's class names (TFDS: entailment, neutral, contradiction; HF's GLUE processors:
+    contradiction, entailment, neutral), and back for the submission files."""
+    stsb = text.get_text_source("glue/stsb", glue_data)
+    assert stsb.regression and stsb.num_classes == 1 and stsb.label_names == []
+    batch = next(text.text_train_batches(stsb, brackets_tokenizer, max_seq_length=16, seed=0, global_batch=8,
+                                         start_step=0))  # fmt: skip
+    assert batch["label"].dtype == np.float32 and ((batch["label"] >= 0) & (batch["label"] <= 5)).all()
+    assert not np.allclose(batch["label"], np.round(batch["label"]))  # scores, not classes
+    cola = text.get_text_source("glue/cola", glue_data)
+    assert cola.has_labels("train") and not cola.has_labels("test")
+    np.testing.assert_array_equal(cola.indices("test"), np.arange(100, 100 + GLUE_EXAMPLES))
+    with pytest.raises(UserError, match=r"glue/cola:test has no labels \(GLUE's test labels are hidden\)"):
+        text.text_train_batches(cola, brackets_tokenizer, max_seq_length=16, seed=0, global_batch=8, start_step=0,
+                                split="test")  # fmt: skip
+    mnli = text.get_text_source("glue/mnli", glue_data)
+    assert mnli.eval_split == "validation_matched" and mnli.label_names == ["entailment", "neutral", "contradiction"]
+    tfds_labels = mnli.labels("validation_matched").copy()
+    hf_order = ["contradiction", "entailment", "neutral"]
+    reordered = text.get_text_source("glue/mnli", glue_data)
+    reordered.use_label_names([n.upper() for n in hf_order])  # case is ignored
+    np.testing.assert_array_equal(reordered.labels("validation_matched"), [(1, 2, 0)[c] for c in tfds_labels])
+    np.testing.assert_array_equal(reordered.dataset_class(reordered.labels("validation_matched")), tfds_labels)
+    with pytest.raises(UserError, match=r"init_from's classes \(yes, no, maybe\) are not glue/mnli's"):
+        text.get_text_source("glue/mnli", glue_data).use_label_names(["yes", "no", "maybe"])
+
+
 def test_glue_errors_say_what_to_do(tmp_path):
     with pytest.raises(DatasetNotReadyError, match=f"python -m sot_jax.prepare glue/cola --data_dir={tmp_path}"):
         text.get_text_source("glue/cola", str(tmp_path))
-    with pytest.raises(UserError, match="unknown GLUE task 'stsb'; choose one of cola, sst2"):
-        text.get_text_source("glue/stsb", str(tmp_path))
+    with pytest.raises(UserError, match="unknown GLUE task 'boolq'; choose one of cola, sst2, mrpc, stsb, qqp"):
+        text.get_text_source("glue/boolq", str(tmp_path))
     with pytest.raises(UserError, match="choose one of glue/cola, .*, brackets"):
         text.get_text_source("imdb", str(tmp_path))
     assert text.GLUE_TASKS["mnli"].eval_splits == ("validation_matched", "validation_mismatched")

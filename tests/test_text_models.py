@@ -4,6 +4,7 @@ padding, names and options. Small configs (hidden 32, 2 layers) on CPU."""
 
 import json
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -411,7 +412,7 @@ def test_names_options_and_registry():
         ("unknown svpn method 'exact'", "bert_base_sot", {"svpn": "exact"}),
         ("num_classes must be a positive integer", "bert_base", {"num_classes": 0}),
         ("unknown activation 'tanh'", "bert_base", {"activation": "tanh"}),
-        ("sot_dims must be two positive integers", "gpt_sot", {"sot_dims": (56,)}),
+        ("sot_q must be a positive integer, got 0", "gpt_sot", {"sot_q": 0}),
         (r"head_dropout must be a dropout rate in \[0, 1\)", "gpt_sot", {"head_dropout": 1.0}),
     ]
     for message, name, overrides in bad:
@@ -464,3 +465,43 @@ def test_embedding_lookup_has_the_gradient_of_take():
     ours = jax.grad(lambda t: jnp.sum(jnp.sin(bert.embedding_lookup(t, ids)) * weights))(table)
     autodiff = jax.grad(lambda t: jnp.sum(jnp.sin(jnp.take(t, ids, axis=0)) * weights))(table)
     np.testing.assert_allclose(ours, autodiff, rtol=1e-6)
+
+
+def test_official_fork_head_settings_and_label_names_convert(tmp_path, transformers, safetensors_numpy):
+    """A checkpoint whose config.json carries the official fork's MGCrP_q / MGCrP_k / MGCrP_dp (one fine-tuned per
+    task by the official code) converts into a head of that shape and dropout, with its classes' names; head
+    options given to the converter take precedence, trunk options are refused (config.json decides them)."""
+    config = {**json.loads(HF_CASES["bert"][1](transformers).to_json_string()), "MGCrP_q": 24, "MGCrP_k": 8,
+              "MGCrP_dp": 0.5, "id2label": {"0": "contradiction", "1": "entailment", "2": "neutral"}}  # fmt: skip
+    model = create_text_model("bert_base_sot", 3, **_trunk(config), sot_q=24, sot_k=8)
+    hf = transformers.BertModel(transformers.BertConfig(**config))
+    state = {f"bert.{k}": v.numpy() for k, v in hf.state_dict().items()}
+    head = random_variables(model, *padded_batch(0)[:2])
+    keys = {"kernel": "weight", "scale": "weight", "bias": "bias", "svpn_start": "weight", "mean": "running_mean",
+            "var": "running_var"}  # fmt: skip
+    for collection in ("params", "batch_stats"):  # the official head's weights, in the fork's layout
+        for path, value in flax.traverse_util.flatten_dict(head[collection]["classifier"]).items():
+            value = np.asarray(value)
+            if path[-1] == "kernel":  # Linear (out, in); the projections are 1×1 Conv2d (out, in, 1, 1)
+                value = value.T if path[0].endswith("_fc") else value.T[..., None, None]
+            state[f"bert.{text_heads.OFFICIAL_KEYS[path[:-1]]}.{keys[path[-1]]}"] = value
+    directory = _write_checkpoint(tmp_path / "official", config, state)
+    converted, variables, metadata = from_hf(directory, "bert_base_sot")
+    assert metadata["overrides"]["sot_q"] == 24 and metadata["overrides"]["head_dropout"] == 0.5
+    assert converted.head_config["q"] == 24 and converted.head_config["k"] == 8
+    assert converted.head_config["dropout"] == 0.5 and metadata["fresh"] == []
+    assert variables["params"]["classifier"]["conv_a"]["kernel"].shape == (32, 24)
+    assert metadata["label_names"] == ["contradiction", "entailment", "neutral"]
+    with pytest.raises(UserError, match=r"conv_dr_block.0.0.weight: checkpoint \(24, 32, 1, 1\), model needs \(12"):
+        from_hf(directory, "bert_base_sot", sot_q=12)  # an explicit option wins, and must fit the weights
+    with pytest.raises(UserError, match="num_layers: a HF checkpoint's architecture comes from its config.json"):
+        from_hf(directory, "bert_base_sot", num_layers=1)
+    _, _, plain = from_hf(_write_checkpoint(tmp_path / "plain", {**config, "id2label": {"0": "LABEL_0"}}, state))
+    assert plain["label_names"] is None  # HF's placeholder names carry no meaning
+
+
+def _trunk(config: dict) -> dict:
+    return {"vocab_size": config["vocab_size"], "hidden_size": config["hidden_size"],
+            "num_layers": config["num_hidden_layers"], "num_heads": config["num_attention_heads"],
+            "intermediate_size": config["intermediate_size"],
+            "max_position_embeddings": config["max_position_embeddings"]}  # fmt: skip

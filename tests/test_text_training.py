@@ -3,13 +3,17 @@
 import json
 import os
 import signal
+from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import load_config, write_glue
 from test_train import assert_trees_close
 
 from sot_jax import checkpoints, convert, data, evaluate, recipes, train
+from sot_jax.data import brackets
+from sot_jax.errors import UserError
 
 TINY_TEXT = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 48}
 
@@ -36,7 +40,7 @@ def text_config(tmp_path_factory):
 def test_the_text_demo_trains_resumes_exactly_and_reports_mcc(text_config, tmp_path, capsys):
     config = text_config()
     uninterrupted = train.train_and_evaluate(config, tmp_path / "a")
-    assert "val_mcc: final" in capsys.readouterr().out  # the final and the best dev score
+    assert "val_glue: final" in capsys.readouterr().out  # the final and the best dev score (CoLA's: the MCC)
 
     def interrupt(step):
         if step == 2:
@@ -52,28 +56,66 @@ def test_the_text_demo_trains_resumes_exactly_and_reports_mcc(text_config, tmp_p
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
 
 
-def test_a_converted_hf_bert_fine_tunes_and_evaluates(text_config, tmp_path):
+def test_an_uncased_hf_bert_fine_tunes_with_its_own_tokenizer_architecture_and_seeded_head(tmp_path, capsys):
+    """A random-weight HF BERT saved with an uncased tokenizer and a non-default architecture converts; fine-tuning
+    it on capitalized GLUE text takes the architecture, vocabulary and casing from the checkpoint (and says so),
+    tokenizes as transformers does, and starts the SoT head from the seed (two seeds: the same encoder, other
+    heads). A casing that does not fit, a contradicting size and a vocabulary larger than the model stop the run."""
     transformers = pytest.importorskip("transformers")
+    hf_dir = tmp_path / "hf"
+    vocab = Path(brackets.vocab_file(str(hf_dir))).read_text().split()  # lower-case words: an uncased vocabulary
+    saved = {"do_lower_case": True, "tokenizer_class": "BertTokenizer"}
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps(saved))
     hf_config = transformers.BertConfig(
-        vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
-        max_position_embeddings=64,
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+        max_position_embeddings=40, layer_norm_eps=1e-7, hidden_act="gelu_new",
     )  # fmt: skip
-    hf = transformers.BertModel(hf_config)
-    hf.save_pretrained(tmp_path / "hf")
-    convert.main(["--model", "bert_base_sot", "--checkpoint", str(tmp_path / "hf"), "--output", str(tmp_path / "ckpt")])
+    transformers.BertModel(hf_config).save_pretrained(hf_dir)
+    convert.main(["--model", "bert_base_sot", "--checkpoint", str(hf_dir), "--output", str(tmp_path / "ckpt")])
     _, converted, _ = checkpoints.load_model(tmp_path / "ckpt")
-    config = text_config(init_from=str(tmp_path / "ckpt"), total_steps=1)
-    config.model.update({**TINY_TEXT, "vocab_size": 40, "max_position_embeddings": 64})
-    config.lr = 1e-12  # one step that leaves the weights as loaded
-    state = train.train_and_evaluate(config, tmp_path / "run")
-    word_embeddings = state.params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
-    np.testing.assert_allclose(
-        word_embeddings, converted["params"]["encoder"]["embeddings"]["word_embeddings"]["embedding"], atol=1e-6
-    )
-    config = text_config(init_from=str(tmp_path / "run"), eval_only=True)
-    config.model.update({"vocab_size": 40, "max_position_embeddings": 64})
-    results = evaluate.evaluate_checkpoint(config)
-    assert {"val_top1", "val_mcc"} <= set(results)
+    data_dir = str(tmp_path / "data")
+    write_glue(data_dir, {"cola": ("train", "validation")}, [w.capitalize() for w in brackets.WORDS], 32)
+
+    def glue_config(**changes):
+        config = load_config("configs/sot_glue.py", "bert_base_sot,cola")
+        config.update({"data_dir": data_dir, "init_from": str(tmp_path / "ckpt"), "batch_size": 16,
+                       "total_steps": 1, "eval_batch_size": 32, "lr": 1e-12, **changes})  # fmt: skip
+        config.input.max_seq_length = 16
+        config.model.dtype = "float32"
+        return config
+
+    states = {seed: train.train_and_evaluate(glue_config(seed=seed), tmp_path / f"run{seed}") for seed in (1, 2)}
+    said = capsys.readouterr().out
+    assert "vocab_size 15" in said and "layer_norm_eps 1e-07" in said and "activation gelu_new" in said
+    assert f"vocab {tmp_path / 'ckpt' / 'tokenizer'}" in said
+    encoder = converted["params"]["encoder"]
+    for state in states.values():
+        assert_trees_close(state.params["encoder"], encoder, rtol=0, atol=1e-6)  # lr 1e-12: as loaded
+    heads = [state.params["classifier"]["conv_a"]["kernel"] for state in states.values()]
+    assert not np.allclose(heads[0], heads[1])  # the head starts from the seed
+    assert heads[0].shape == (32, 96)  # CoLA's official head: MGCrP_q 96, MGCrP_k 48
+
+    config, _ = checkpoints.resolve_init_from(glue_config())
+    source = data.sources.get_source(config.dataset, config.data_dir)
+    ours = data.tokenizer(source, config)
+    assert ours.lower_case and Path(ours.source).parent == tmp_path / "ckpt" / "tokenizer"
+    first, _, _ = source.texts("train")
+    assert any(c.isupper() for c in first[0])
+    theirs = transformers.AutoTokenizer.from_pretrained(hf_dir)(first, padding="max_length", max_length=16)
+    np.testing.assert_array_equal(source.encoded("train", ours, 16)["input_ids"], theirs["input_ids"])
+
+    with pytest.raises(UserError, match=r"are \[UNK\] .*lower_case False.*set --config.input.lower_case=True"):
+        train.train_and_evaluate(glue_config(input=ml_collections.ConfigDict({**config.input, "lower_case": False})),
+                                 tmp_path / "cased")  # fmt: skip
+    contradicting = glue_config()
+    contradicting.model.hidden_size = 64
+    with pytest.raises(UserError, match="contradicts init_from's architecture: model.hidden_size=64 .*32"):
+        train.train_and_evaluate(contradicting, tmp_path / "wider")
+    (tmp_path / "big_vocab.txt").write_text("\n".join([*vocab, *(f"w{i}" for i in range(30))]) + "\n")
+    with pytest.raises(UserError, match="has 45 entries but the model's vocab_size is 15"):
+        train.train_and_evaluate(glue_config(vocab=str(tmp_path / "big_vocab.txt")), tmp_path / "big")
+    results = evaluate.evaluate_checkpoint(glue_config(init_from=str(tmp_path / "run1"), eval_only=True))
+    assert {"val_top1", "val_mcc", "val_glue"} == set(results)
 
 
 def test_glue_without_a_vocabulary_or_prepared_data_says_what_to_do(text_config, tmp_path):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -59,14 +60,34 @@ def test_resume_after_sigterm_ends_with_the_same_params(tiny_config, tmp_path):
     assert_trees_close(uninterrupted.opt_state, resumed.opt_state)
 
 
-def test_checkpoints_keep_the_latest_and_the_best(tiny_config, tmp_path):
-    config = tiny_config(total_steps=8, eval_every_steps=2, checkpoint_every_steps=2, keep_checkpoints=2, lr=3e-3)
-    train.train_and_evaluate(config, tmp_path)
+def test_checkpoints_keep_the_latest_state_and_evaluations_only_the_best_weights(tiny_config, tmp_path):
+    """An evaluation writes no training state: the resumable state is written every checkpoint_every_steps (the
+    latest keep_checkpoints kept), the best weights (no optimizer state) only when the ranking metric improves."""
+    config = tiny_config(total_steps=8, eval_every_steps=1, checkpoint_every_steps=4, keep_checkpoints=2, lr=3e-3)
+    writes = []
+    original = checkpoints.BestWeights.update
+
+    def update(self, step, results, state):
+        written = original(self, step, results, state)
+        writes.append((step, written))
+        return written
+
+    with mock.patch.object(checkpoints.BestWeights, "update", update):
+        final = train.train_and_evaluate(config, tmp_path)
     evals = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "val_top1" in r]
-    assert [r["step"] for r in evals] == [2, 4, 6, 8]
-    best = max(evals, key=lambda r: (r["val_top1"], r["step"]))["step"]  # Orbax's BestN keeps the later of ties
+    assert [r["step"] for r in evals] == list(range(1, 9))
     kept = {int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()}
-    assert kept == {6, 8, best}
+    assert kept == {4, 8}
+    scores = [r["val_top1"] for r in evals]
+    improved = [r["step"] for i, r in enumerate(evals) if scores[i] > max(scores[:i], default=-1)]
+    assert [step for step, written in writes if written] == improved
+    best = improved[-1]
+    assert [int(p.name) for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == [best]
+    assert not (tmp_path / "best" / str(best) / "state" / "opt_state").exists()
+    weights = checkpoints.read_init_variables(str(tmp_path / "best"))  # init_from reads it as a workdir
+    assert set(weights) == {"params", "batch_stats"}
+    if best == 8:
+        assert_trees_close(weights["params"], final.params)
     train_rows = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert [r["step"] for r in train_rows] == list(range(1, 9))
     assert all({"lr", "img_per_sec", "grad_norm"} <= set(r) for r in train_rows)

@@ -14,26 +14,58 @@ from typing import Any
 import grain
 import numpy as np
 
-from sot_jax.data import brackets, digits, pipeline, sources, text, transforms
+from sot_jax.data import brackets, digits, pipeline, sources, text, tokenization, transforms
 from sot_jax.errors import UserError
 
-__all__ = ["brackets", "digits", "eval_batches", "pipeline", "sources", "text", "train_batches", "transforms"]
+__all__ = [
+    "brackets", "digits", "eval_batches", "pipeline", "sources", "text", "tokenization", "train_batches", "transforms"
+]
 
 
 @functools.cache
-def _load_tokenizer(vocab: str, lower_case: bool) -> text.Tokenizer:
-    return text.load_tokenizer(vocab, lower_case)
+def _load_tokenizer(vocab: str, lower_case: bool | None) -> tokenization.Tokenizer:
+    return tokenization.load_tokenizer(vocab, lower_case)
 
 
-def tokenizer(source: text.TextSource, config: Any) -> text.Tokenizer:
-    """`config.vocab`'s tokenizer (one per vocabulary and casing: the source caches encodings per tokenizer); the
-    embedded `brackets` task brings its own vocabulary."""
+def tokenizer(source: text.TextSource, config: Any, model: Any = None) -> tokenization.Tokenizer:
+    """`config.vocab`'s tokenizer with `config.input.lower_case` (None: the casing saved with the vocabulary), one
+    per vocabulary and casing (the source caches encodings per tokenizer); the embedded `brackets` task brings its
+    own vocabulary. With `model`: a vocabulary with ids beyond the model's embedding table is an error."""
     vocab = config.get("vocab", "")
     if not vocab:
         if source.name != brackets.BRACKETS_NAME:
-            raise UserError(f"{source.name} needs vocab=PATH (the model's vocab.txt, or a folder with vocab.json)")
+            raise UserError(
+                f"{source.name} needs a vocabulary: init_from a converted checkpoint (it keeps its own), or vocab=PATH "
+                "(the model's vocab.txt, or a folder with vocab.json + merges.txt or tokenizer.json)"
+            )
         vocab = str(brackets.vocab_file(source.builder.data_dir))
-    return _load_tokenizer(vocab, bool(config.input.get("lower_case", False)))
+    loaded = _load_tokenizer(vocab, config.input.get("lower_case"))
+    table = getattr(model, "encoder_config", {}).get("vocab_size")
+    if table is not None and loaded.vocab_size > table:
+        raise UserError(
+            f"the vocabulary {vocab} has {loaded.vocab_size} entries but the model's vocab_size is {table}: use the "
+            "checkpoint's own vocabulary (vocab, or init_from a converted checkpoint) or set model.vocab_size"
+        )
+    return loaded
+
+
+def use_checkpoint_classes(source: sources.Source, metadata: dict[str, Any] | None) -> None:
+    """A text source labels its examples in a checkpoint's class order when the checkpoint has a trained
+    classifier with class names (a converted HF model's id2label, a fine-tuned run's): MNLI's order differs
+    between TFDS and HF, for instance."""
+    names = (metadata or {}).get("label_names")
+    if names and isinstance(source, text.TextSource) and not metadata.get("fresh"):
+        if len(names) == source.num_classes:
+            source.use_label_names(names)
+
+
+def checkpoint_record(source: sources.Source, config: Any) -> dict[str, Any]:
+    """What a text run's checkpoints record to be used again (`checkpoints.resolve_init_from`): the class names in
+    the model's order, the vocabulary and the casing it was trained with."""
+    if not isinstance(source, text.TextSource):
+        return {}
+    used = tokenizer(source, config)
+    return {"label_names": source.label_names, "vocab": used.source, "lower_case": used.lower_case}
 
 
 def _is_gpt(model: Any) -> bool:
@@ -58,7 +90,7 @@ def train_batches(source: sources.Source, config: Any, model: Any, start_step: i
     process = _process()
     if isinstance(source, text.TextSource):
         return text.text_train_batches(
-            source, tokenizer(source, config), max_seq_length=config.input.max_seq_length, seed=config.seed,
+            source, tokenizer(source, config, model), max_seq_length=config.input.max_seq_length, seed=config.seed,
             global_batch=config.batch_size, start_step=start_step, split=config.input.train_split,
             token_types=not _is_gpt(model), **process,
         )  # fmt: skip
@@ -76,7 +108,7 @@ def eval_batches(
     global_batch = config.eval_batch_size or config.batch_size
     if isinstance(source, text.TextSource):
         batches = text.text_eval_batches(
-            source, split, tokenizer(source, config), max_seq_length=config.input.max_seq_length,
+            source, split, tokenizer(source, config, model), max_seq_length=config.input.max_seq_length,
             global_batch=global_batch, **process,
         )  # fmt: skip
         return _for_model(batches, model)

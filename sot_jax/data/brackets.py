@@ -9,7 +9,7 @@ each split, no sentence twice in the corpus. (Sized so that a 2-layer BERT learn
 pairs and up to 40 tokens it stayed near chance after 1,600 steps.) `vocab_file` writes the WordPiece vocabulary
 that covers it, for a small BERT trained from scratch:
 
-    tokenizer = text.load_tokenizer(brackets.vocab_file(workdir))
+    tokenizer = tokenization.load_tokenizer(brackets.vocab_file(workdir))
 """
 
 from __future__ import annotations

@@ -78,13 +78,20 @@ TRUNK_OPTIONS = (
     *_SIZE_OPTIONS, "vocab_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "activation",
     "pad_token_id", "dropout", "attention_dropout", "embedding_dropout",
 )  # fmt: skip
-SOT_TEXT_OPTIONS = ("svpn", "svpn_alpha", "sot_dims")
+SOT_TEXT_OPTIONS = ("svpn", "svpn_alpha", "sot_q", "sot_k")
 VISION_HEAD_OPTIONS = ("fusion", "svpn", "svpn_alpha", "wr_dim", "mgcrp_heads", "gem_groups", "gem_positive")
 TEXT_OPTIONS = tuple(
     dict.fromkeys(
         (*TRUNK_OPTIONS, "head", "head_dropout", "mask_padding", *SOT_TEXT_OPTIONS, *VISION_HEAD_OPTIONS, "dtype")
     )
 )
+# The type of each option but dtype (the trainer's config schema: `configs/sot_glue.py`).
+OPTION_TYPES: dict[str, type] = {
+    **dict.fromkeys((*_SIZE_OPTIONS, "vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id"), int),
+    **dict.fromkeys(("layer_norm_eps", "dropout", "attention_dropout", "embedding_dropout", "head_dropout"), float),
+    "activation": str, "head": str, "mask_padding": bool, "svpn": str, "svpn_alpha": float, "sot_q": int,
+    "sot_k": int, "fusion": str, "wr_dim": int, "mgcrp_heads": int, "gem_groups": int, "gem_positive": str,
+}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,12 +234,10 @@ def _head_config(head: str, trunk: dict[str, Any], options: dict[str, Any]) -> d
     if kind == "baseline":
         return {"dropout": dropout}
     if kind == "sot_text":
-        dims = options.get("sot_dims", (56, 32))
-        if not isinstance(dims, list | tuple) or len(dims) != 2:
-            raise UserError(f"sot_dims must be two positive integers (q, k), got {dims!r}")
-        for d in dims:
-            _positive_int("sot_dims", d)
-        config = {"q": dims[0], "k": dims[1], "svpn_alpha": alpha, "dropout": dropout}
+        q, k = options.get("sot_q", 56), options.get("sot_k", 32)
+        _positive_int("sot_q", q)
+        _positive_int("sot_k", k)
+        config = {"q": q, "k": k, "svpn_alpha": alpha, "dropout": dropout}
         return config | ({"svpn": options["svpn"]} if "svpn" in options else {})
     config = {k: options[k] for k in VISION_HEAD_OPTIONS if k in options}
     config = {"gem_groups": trunk["num_heads"], **config, "head_dropout": dropout}
@@ -245,8 +250,9 @@ def create_text_model(name: str, num_classes: int = 2, **overrides: Any) -> Text
 
     head (the family's baseline, "sot_text", or a vision head: cls, gap, gem, ggem, gcp, mgcrp), head_dropout
     (default: the trunk's dropout for pooler/roberta_head as HF, 0.8 for sot_text, else 0), mask_padding (sot_text
-    counts real tokens only), svpn / svpn_alpha / sot_dims=(q, k) (sot_text), the vision head's fusion, svpn,
-    svpn_alpha, wr_dim, mgcrp_heads, gem_groups, gem_positive, dtype (compute dtype; parameters stay float32),
+    counts real tokens only), svpn / svpn_alpha / sot_q / sot_k (sot_text; the official MGCrP_q, MGCrP_k), the
+    vision head's fusion, svpn, svpn_alpha, wr_dim, mgcrp_heads, gem_groups, gem_positive, dtype (compute dtype;
+    parameters stay float32),
     and the trunk's hidden_size, num_layers, num_heads, intermediate_size, vocab_size, max_position_embeddings,
     layer_norm_eps, activation (bert.ACTIVATIONS), dropout, attention_dropout, plus type_vocab_size and
     pad_token_id (BERT, RoBERTa) or embedding_dropout (GPT). A bad name or value raises `UserError`.
@@ -290,6 +296,39 @@ def create_text_model(name: str, num_classes: int = 2, **overrides: Any) -> Text
         mask_padding=mask_padding,
         dtype=overrides.get("dtype", jnp.float32),
     )
+
+
+# Trunk options that fix the pretrained weights' meaning (a fine-tuning config may not change them); the dropout
+# rates are inherited too but may be set.
+ARCHITECTURE_OPTIONS = (
+    *_SIZE_OPTIONS, "vocab_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "activation",
+    "pad_token_id",
+)  # fmt: skip
+
+
+def inherit_architecture(name: str, options: dict[str, Any], checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """`options` for fine-tuning text model `name` from a checkpoint whose metadata (`sot_jax.json`, or a training
+    run's) is `checkpoint`: its trunk options (sizes, vocabulary, eps, activation, positions, dropout rates) where
+    `options` leave them unset. An architecture option set to another value, or a checkpoint of another family,
+    raises one `UserError`."""
+    spec = get_text_spec(name)
+    source = checkpoint.get("model", "?")
+    family = TEXT_MODELS[source].family if source in TEXT_MODELS else None
+    if family != spec.family:
+        same = ", ".join(n for n, s in TEXT_MODELS.items() if s.family == family)
+        hint = f"; set model.name to one of {same}" if same else ""
+        raise UserError(f"init_from holds a {family or 'vision'} model ({source}), not a {spec.family} one{hint}")
+    saved = {k: v for k, v in checkpoint.get("overrides", {}).items() if k in TRUNK_OPTIONS}
+    contradicting = [
+        f"model.{k}={options[k]!r} (the checkpoint's: {saved[k]!r})"
+        for k in ARCHITECTURE_OPTIONS
+        if k in saved and options.get(k) is not None and options[k] != saved[k]
+    ]
+    if contradicting:
+        raise UserError(
+            f"the config contradicts init_from's architecture: {', '.join(contradicting)}; leave these unset"
+        )
+    return {**saved, **options}
 
 
 # ---- from_hf: HF save_pretrained directories -> (model, variables, metadata) ----
@@ -463,7 +502,25 @@ def _infer_num_classes(head: str, state: Mapping[str, np.ndarray], config: dict[
     return len(config["id2label"]) if isinstance(config.get("id2label"), dict) else int(config.get("num_labels", 2))
 
 
-def from_hf(hf_dir: str, name: str | None = None, num_classes: int | None = None) -> tuple[TextModel, Any, dict]:
+# The official SoT fork's config.json keys for its head (`cokezrr/transformers`, configuration_bert.py).
+_OFFICIAL_HEAD_CONFIG = {"MGCrP_q": "sot_q", "MGCrP_k": "sot_k", "MGCrP_dp": "head_dropout"}
+
+
+def _label_names(config: dict[str, Any]) -> list[str] | None:
+    """config.json's class names in index order, or None for HF's placeholders (LABEL_0, ...)."""
+    id2label = config.get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        return None
+    try:
+        names = [str(id2label[key]) for key in sorted(id2label, key=int)]
+    except (TypeError, ValueError):
+        return None
+    return None if names == [f"LABEL_{i}" for i in range(len(names))] else names
+
+
+def from_hf(
+    hf_dir: str, name: str | None = None, num_classes: int | None = None, **head_options: Any
+) -> tuple[TextModel, Any, dict]:
     """Read what HF `save_pretrained` writes (config.json + model.safetensors or pytorch_model.bin, possibly
     sharded) into the model `name` (default: the checkpoint family's baseline model), sized by config.json.
 
@@ -475,9 +532,17 @@ def from_hf(hf_dir: str, name: str | None = None, num_classes: int | None = None
     listed in metadata["ignored_keys"]. Any other missing, unexpected or mis-shaped key, or a checkpoint of another
     architecture, raises one `UserError` naming them.
 
+    The head's shape: `head_options` (create_text_model's head keywords, e.g. sot_q, sot_k, head_dropout), else
+    the official fork's `MGCrP_q`, `MGCrP_k`, `MGCrP_dp` in config.json when it has them (a checkpoint fine-tuned by
+    the official code per task), else the model's defaults.
+
     Returns (model, variables, metadata); metadata {"model", "num_classes", "overrides"} rebuilds the model with
-    `create_text_model(metadata["model"], metadata["num_classes"], **metadata["overrides"])`.
+    `create_text_model(metadata["model"], metadata["num_classes"], **metadata["overrides"])`; "label_names" are
+    config.json's `id2label` names (None for LABEL_0, ...), "fresh" the head modules initialized here.
     """
+    trunk_options = sorted(set(head_options) & set(TRUNK_OPTIONS))
+    if trunk_options:
+        raise UserError(f"{', '.join(trunk_options)}: a HF checkpoint's architecture comes from its config.json")
     directory = Path(hf_dir)
     config = _read_config(directory)
     state = _read_weights(directory)
@@ -498,6 +563,9 @@ def from_hf(hf_dir: str, name: str | None = None, num_classes: int | None = None
     overrides = _trunk_from_config(family, config)
     if family in BERT_FAMILIES and spec.head != "sot_text" and config.get("classifier_dropout") is not None:
         overrides["head_dropout"] = config["classifier_dropout"]
+    if spec.head == "sot_text":
+        overrides.update({option: config[key] for key, option in _OFFICIAL_HEAD_CONFIG.items() if key in config})
+    overrides.update(head_options)
     if num_classes is None:
         num_classes = _infer_num_classes(spec.head, canonical, config)
     model = create_text_model(name, num_classes, **overrides)
@@ -552,5 +620,6 @@ def from_hf(hf_dir: str, name: str | None = None, num_classes: int | None = None
         "model_type": config.get("model_type", family),
         "fresh": fresh,
         "ignored_keys": ignored,
+        "label_names": _label_names(config),
     }
     return model, flax.traverse_util.unflatten_dict(variables), metadata
