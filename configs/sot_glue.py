@@ -57,8 +57,8 @@ MODELS = ("bert_base", "bert_large", "roberta_base", "roberta_large", "gpt", "gp
 TASKS = tuple(task for task in GLUE_TASKS if task != "ax")  # AX is predicted by an MNLI model
 # The official README's MGCrP_q, MGCrP_k, MGCrP_dp per task.
 OFFICIAL_HEADS = {"mnli": (112, 48, 0.7), "qnli": (112, 48, 0.5), "rte": (56, 32, 0.8), "cola": (96, 48, 0.5)}
-# Steps between evaluations: about 10 × (dev examples) / (3 × batch), evaluation (forward only, batch 256) costing
-# about a third of a training step per example, so that it stays near a tenth of the training time.
+# Steps between evaluations, from the dev set's size: an evaluation (forward at batch 256) costs about a sixth of a
+# training step per example, and these keep it at most about a tenth of the training time (MNLI: 5%, BENCHMARKS).
 EVAL_EVERY = {"cola": 100, "sst2": 100, "mrpc": 50, "stsb": 200, "qqp": 4000, "mnli": 2000, "qnli": 500, "rte": 50,
               "wnli": 50}  # fmt: skip
 
