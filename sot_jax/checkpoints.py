@@ -213,8 +213,8 @@ def read_metadata(directory: str) -> dict[str, Any]:
 def resolve_init_from(config: Any) -> tuple[Any, dict[str, Any] | None]:
     """(config, the checkpoint's metadata) for `config.init_from` (None without one). For a text model the config
     comes back completed from the checkpoint: the architecture (`text.inherit_architecture`: a contradicting
-    value is an error), and where unset the vocabulary and casing the checkpoint was trained with; the run says
-    what it took."""
+    value is an error; `eval_only` takes every model option from the checkpoint, its head's too), and where unset
+    the vocabulary and casing the checkpoint was trained with; the run says what it took."""
     if not config.init_from:
         return config, None
     metadata = read_metadata(config.init_from)
@@ -222,6 +222,13 @@ def resolve_init_from(config: Any) -> tuple[Any, dict[str, Any] | None]:
         return config, metadata
     config = config.copy_and_resolve_references()
     options = recipes.model_overrides(config.model)
+    if config.eval_only:  # the model the checkpoint holds, head included (the task variant's head may differ)
+        saved = metadata.get("overrides", {})
+        options = {k: saved.get(k) for k in options if k != "dtype"}
+        options = {k: v for k, v in options.items() if v is not None}
+        for key in config.model:
+            if key not in ("name", "dtype"):
+                config.model[key] = options.get(key)
     inherited = models.text.inherit_architecture(config.model.name, options, metadata)
     taken = {k: v for k, v in inherited.items() if options.get(k) is None}
     for key, value in taken.items():
@@ -298,8 +305,8 @@ def pretrained_variables(
 
 
 def merge_exact(fresh: Any, loaded: Any, what: str) -> Any:
-    """`loaded` in the structure of `fresh` (shapes only), refusing another number of classes."""
+    """`loaded` in the structure of `fresh` (shapes only), refusing a classifier of another shape."""
     merged, reinitialized = merge_pretrained(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), fresh), loaded, what)
     if reinitialized:
-        raise UserError(f"init_from {what} was trained for another number of classes ({', '.join(reinitialized)})")
+        raise UserError(f"init_from {what}: its classifier does not fit the model's ({', '.join(reinitialized)})")
     return merged
