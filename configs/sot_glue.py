@@ -33,6 +33,11 @@ Published dev scores, baseline -> +SoT (CoLA MCC / RTE acc. / MNLI / QNLI): BERT
 87.50/92.70 -> 65.28/80.50/87.90/93.10; GPT 54.32/63.17/82.10/86.36 -> 57.25/65.35/82.41/87.13; most likely the best
 dev checkpoint of one seed. RTE moves by about ±2 points between seeds: `python -m sot_jax.glue` trains each task ×
 seed and tabulates mean ± std beside these numbers.
+GPT inputs (`input.gpt_format`): "hf" by default, HF's GPT2ForSequenceClassification input (a pair is the two texts
+concatenated, no special tokens; the class token is the last real token), which a converted HF fine-tuned GPT
+expects and which needs no new weights; "gpt1" is the GPT-1 paper's fine-tuning format (`_start_ a _delimiter_ b
+_classify_`, three embeddings added to the pretrained table and learned from the seed), the paper's own. The SoT
+paper does not say which its GPT runs used (no code was released for them).
 Precision: `model.dtype` is bfloat16 (parameters, the head's covariance and svPN stay float32);
 `--config.model.dtype=float32` is the official fp32. On the brackets demo (from scratch, 1,250 steps; 2-core CPU,
 2026-12-06: `python -m sot_jax.sweep --config=configs/sot_glue.py:demo --workdir=W --grid=model.dtype=float32,bfloat16
@@ -83,6 +88,9 @@ def get_config(variant: str = "bert_base_sot,cola"):
     config.vocab = ""
     config.input.max_seq_length = 128
     config.input.lower_case = placeholder(bool)  # None: the casing saved with the vocabulary
+    # GPT's inputs: "hf" (the texts concatenated, as HF's GPT2ForSequenceClassification) or "gpt1" (the GPT-1
+    # paper's start, delimiter and extract tokens, added to the vocabulary); empty: init_from's, else "hf"
+    config.input.gpt_format = ""
     config.aug = ml_collections.ConfigDict(
         {"random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0, "mix_switch_prob": 0.5, "mix_token": False,
          "label_smoothing": 0.0}

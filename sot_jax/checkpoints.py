@@ -229,13 +229,19 @@ def resolve_init_from(config: Any) -> tuple[Any, dict[str, Any] | None]:
         for key in config.model:
             if key not in ("name", "dtype"):
                 config.model[key] = options.get(key)
-    inherited = models.text.inherit_architecture(config.model.name, options, metadata)
+    if not config.input.get("gpt_format") and metadata.get("gpt_format"):
+        config.input.gpt_format = metadata["gpt_format"]
+    # The GPT-1 format's three tokens join a vocabulary that does not have them yet.
+    added = 3 if config.input.get("gpt_format") == "gpt1" and metadata.get("gpt_format") != "gpt1" else 0
+    inherited = models.text.inherit_architecture(config.model.name, options, metadata, added)
     taken = {k: v for k, v in inherited.items() if options.get(k) is None}
     for key, value in taken.items():
         config.model[key] = value
     if not config.vocab and metadata.get("vocab"):
         config.vocab = metadata["vocab"]
         taken["vocab"] = config.vocab
+    if metadata.get("gpt_format"):
+        taken["input.gpt_format"] = config.input.gpt_format
     if config.input.lower_case is None and metadata.get("lower_case") is not None:
         config.input.lower_case = metadata["lower_case"]
         taken["input.lower_case"] = config.input.lower_case
@@ -269,14 +275,28 @@ def export_model(workdir: str, output: str, ema: bool = False) -> Path:
     return save_model(output, exported, metadata)
 
 
+# GPT's token embeddings, which the GPT-1 input format extends by its start, delimiter and extract tokens.
+GROWING_TABLES = ("encoder/tokens_embed/embedding", "encoder/wte/embedding")
+
+
+def _more_rows(fresh: Any, loaded: Any) -> bool:
+    return fresh.shape[1:] == np.shape(loaded)[1:] and fresh.shape[0] > np.shape(loaded)[0]
+
+
 def merge_pretrained(fresh: Any, loaded: Any, what: str) -> tuple[Any, list[str]]:
-    """Loaded values where shapes agree; the classifier keeps its fresh init when the class count differs."""
+    """Loaded values where shapes agree; the classifier keeps its fresh init when the class count differs, and
+    rows a GPT token table has beyond the loaded one (`GROWING_TABLES`) keep theirs. Returns (merged, the keys
+    left fresh)."""
     fresh_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(fresh), sep="/")
     loaded_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded), sep="/")
     merged, reinitialized, problems = {}, [], []
     for key, value in fresh_flat.items():
         if key in loaded_flat and np.shape(loaded_flat[key]) == value.shape:
             merged[key] = jnp.asarray(loaded_flat[key], value.dtype)
+        elif key.endswith(GROWING_TABLES) and key in loaded_flat and _more_rows(value, loaded_flat[key]):
+            rows = np.shape(loaded_flat[key])[0]  # the tokens added after the vocabulary keep their fresh init
+            merged[key] = value.at[:rows].set(jnp.asarray(loaded_flat[key], value.dtype))
+            reinitialized.append(f"{key}[{rows}:]")
         elif key.startswith("classifier/"):
             merged[key] = value
             reinitialized.append(key)
@@ -300,7 +320,7 @@ def pretrained_variables(
     params, reinitialized = merge_pretrained(params, loaded["params"], directory)
     batch_stats, _ = merge_pretrained(batch_stats, loaded.get("batch_stats", {}), directory)
     if reinitialized and jax.process_index() == 0:
-        print(f"init_from {directory}: classifier initialized from the seed ({', '.join(reinitialized)})", flush=True)
+        print(f"init_from {directory}: initialized from the seed: {', '.join(reinitialized)}", flush=True)
     return params, batch_stats
 
 

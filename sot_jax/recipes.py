@@ -289,6 +289,7 @@ def describe(config: ml_collections.ConfigDict) -> str:
     else:  # text
         vocab = config.get("vocab") or ("init_from's" if config.init_from else "the dataset's own")
         casing = "the vocabulary's saved casing" if i.lower_case is None else f"lower_case {i.lower_case}"
+        casing += f", GPT inputs {i.gpt_format}" if i.get("gpt_format") else ""
         inputs = [
             f"text: max_seq_length {i.max_seq_length}, vocabulary {vocab}, {casing}; "
             f"label smoothing {a.label_smoothing:g}",

@@ -141,3 +141,58 @@ def test_roberta_and_gpt_train_through_the_trainer(text_config, tmp_path, name):
     source = data.sources.get_source(config.dataset, config.data_dir)
     batch = next(data.train_batches(source, config, recipes.build_model(config.model, 2), 0))
     assert ("token_type_ids" in batch) == name.startswith("roberta")
+
+
+def test_gpt_in_the_gpt1_papers_format_adds_three_learned_tokens(tmp_path, capsys):
+    """`input.gpt_format=gpt1`: `_start_ a _delimiter_ b _classify_` (ids as transformers' tokenizer gives them
+    with the three tokens added), and fine-tuning a converted GPT-2 grows its token table by three rows that start
+    from the seed while the pretrained rows load as they were; the format is recorded for the run's evaluation."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from sot_jax.data import tokenization
+
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    backend.train_from_iterator([" ".join(brackets.WORDS) + " ( ) [ ]"] * 20, trainer)
+    backend.model.save(str(hf_dir))  # vocab.json + merges.txt
+    ours = tokenization.with_gpt1_tokens(tokenization.load_tokenizer(str(hf_dir)))
+    reference = transformers.GPT2Tokenizer(str(hf_dir / "vocab.json"), str(hf_dir / "merges.txt"))
+    reference.add_special_tokens({"additional_special_tokens": list(tokenization.GPT1_TOKENS)})
+    start, delimiter, extract = reference.convert_tokens_to_ids(list(tokenization.GPT1_TOKENS))
+    a, b = "the cat ( sat )", "dog [ far ]"
+    encoded = tokenization.encode(ours, [a], [b], 24)
+    expected = [start, *reference(a)["input_ids"], delimiter, *reference(b)["input_ids"], extract]
+    assert encoded["input_ids"][0, : len(expected)].tolist() == expected
+    assert encoded["attention_mask"][0].sum() == len(expected) and ours.vocab_size == start + 3
+    with pytest.raises(UserError, match="input.gpt_format=gpt1 applies to GPT vocabularies"):
+        tokenization.with_gpt1_tokens(tokenization.load_tokenizer(brackets.vocab_file(str(tmp_path / "wp"))))
+
+    hf_config = transformers.GPT2Config(vocab_size=start, n_embd=32, n_layer=1, n_head=2, n_positions=32)
+    transformers.GPT2Model(hf_config).save_pretrained(hf_dir)
+    convert.main(["--model", "gpt2_sot", "--checkpoint", str(hf_dir), "--output", str(tmp_path / "ckpt")])
+    _, converted, _ = checkpoints.load_model(tmp_path / "ckpt")
+    data_dir = str(tmp_path / "data")
+    write_glue(data_dir, {"rte": ("train", "validation")}, brackets.WORDS, 32)
+    config = load_config("configs/sot_glue.py", "gpt2_sot,rte")
+    config.update({"data_dir": data_dir, "init_from": str(tmp_path / "ckpt"), "batch_size": 16, "total_steps": 1,
+                   "eval_batch_size": 32, "lr": 1e-12})  # fmt: skip
+    config.input.max_seq_length, config.input.gpt_format, config.model.dtype = 24, "gpt1", "float32"
+    state = train.train_and_evaluate(config, tmp_path / "run")
+    assert f"vocab_size {start + 3}" in capsys.readouterr().out
+    table = np.asarray(state.params["encoder"]["wte"]["embedding"])
+    pretrained = np.asarray(converted["params"]["encoder"]["wte"]["embedding"])
+    assert table.shape == (start + 3, 32)
+    np.testing.assert_allclose(table[:start], pretrained, atol=1e-6)
+    assert 0.005 < table[start:].std() < 0.05  # N(0, 0.02) from the seed, not zeros nor a copy
+    evaluation = load_config("configs/sot_glue.py", "gpt2_sot,rte")
+    evaluation.update({"data_dir": data_dir, "init_from": str(tmp_path / "run"), "eval_only": True})
+    evaluation.input.max_seq_length = 24
+    assert checkpoints.resolve_init_from(evaluation)[0].input.gpt_format == "gpt1"  # the run's format
+    assert "val_top1" in evaluate.evaluate_checkpoint(evaluation)

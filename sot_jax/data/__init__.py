@@ -15,7 +15,7 @@ import grain
 import numpy as np
 
 from sot_jax.data import brackets, digits, pipeline, sources, text, tokenization, transforms
-from sot_jax.errors import UserError
+from sot_jax.errors import UserError, check_choice
 
 __all__ = [
     "brackets", "digits", "eval_batches", "pipeline", "sources", "text", "tokenization", "train_batches", "transforms"
@@ -23,14 +23,16 @@ __all__ = [
 
 
 @functools.cache
-def _load_tokenizer(vocab: str, lower_case: bool | None) -> tokenization.Tokenizer:
-    return tokenization.load_tokenizer(vocab, lower_case)
+def _load_tokenizer(vocab: str, lower_case: bool | None, gpt_format: str) -> tokenization.Tokenizer:
+    tokenizer = tokenization.load_tokenizer(vocab, lower_case)
+    return tokenization.with_gpt1_tokens(tokenizer) if gpt_format == "gpt1" else tokenizer
 
 
 def tokenizer(source: text.TextSource, config: Any, model: Any = None) -> tokenization.Tokenizer:
-    """`config.vocab`'s tokenizer with `config.input.lower_case` (None: the casing saved with the vocabulary), one
-    per vocabulary and casing (the source caches encodings per tokenizer); the embedded `brackets` task brings its
-    own vocabulary. With `model`: a vocabulary with ids beyond the model's embedding table is an error."""
+    """`config.vocab`'s tokenizer with `config.input.lower_case` (None: the casing saved with the vocabulary) and,
+    for GPT, `config.input.gpt_format`; one per vocabulary, casing and format (the source caches encodings per
+    tokenizer); the embedded `brackets` task brings its own vocabulary. With `model`: a vocabulary with ids beyond
+    the model's embedding table is an error."""
     vocab = config.get("vocab", "")
     if not vocab:
         if source.name != brackets.BRACKETS_NAME:
@@ -39,7 +41,9 @@ def tokenizer(source: text.TextSource, config: Any, model: Any = None) -> tokeni
                 "(the model's vocab.txt, or a folder with vocab.json + merges.txt or tokenizer.json)"
             )
         vocab = str(brackets.vocab_file(source.builder.data_dir))
-    loaded = _load_tokenizer(vocab, config.input.get("lower_case"))
+    gpt_format = config.input.get("gpt_format") or "hf"
+    check_choice("input.gpt_format", gpt_format, tokenization.GPT_FORMATS)
+    loaded = _load_tokenizer(vocab, config.input.get("lower_case"), gpt_format)
     table = getattr(model, "encoder_config", {}).get("vocab_size")
     if table is not None and loaded.vocab_size > table:
         raise UserError(
@@ -65,7 +69,9 @@ def checkpoint_record(source: sources.Source, config: Any) -> dict[str, Any]:
     if not isinstance(source, text.TextSource):
         return {}
     used = tokenizer(source, config)
-    return {"label_names": source.label_names, "vocab": used.source, "lower_case": used.lower_case}
+    gpt_format = config.input.get("gpt_format") or "hf"
+    return {"label_names": source.label_names, "vocab": used.source, "lower_case": used.lower_case,
+            "gpt_format": gpt_format}  # fmt: skip
 
 
 def _is_gpt(model: Any) -> bool:

@@ -260,6 +260,35 @@ def load_tokenizer(vocab: str, lower_case: bool | None = None) -> Tokenizer:
     return _wordpiece(_read_vocab_txt(path), casing, str(path))
 
 
+# The GPT-1 paper's fine-tuning inputs: start, delimiter and extract tokens (HF's run_openai_gpt.py names).
+GPT1_TOKENS = ("_start_", "_delimiter_", "_classify_")
+GPT_FORMATS = ("hf", "gpt1")
+
+
+def with_gpt1_tokens(tokenizer: Tokenizer) -> Tokenizer:
+    """A GPT tokenizer in the GPT-1 paper's fine-tuning format: `_start_ a _classify_` and
+    `_start_ a _delimiter_ b _classify_`, the three tokens added after the vocabulary (ids vocab_size ...
+    vocab_size + 2; a pretrained model learns their embeddings from a fresh start). The default "hf" format is HF's
+    GPT2ForSequenceClassification input: the texts concatenated, no special tokens."""
+    if tokenizer.kind not in ("gpt", "gpt2"):
+        raise UserError(f"input.gpt_format=gpt1 applies to GPT vocabularies; {tokenizer.source} is {tokenizer.kind}")
+    from tokenizers import AddedToken, processors
+
+    start, delimiter, extract = (tokenizer.vocab_size + i for i in range(len(GPT1_TOKENS)))
+    backend = tokenizer.backend
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in GPT1_TOKENS])
+    if [backend.token_to_id(t) for t in GPT1_TOKENS] != [start, delimiter, extract]:
+        raise UserError(f"{tokenizer.source}: the vocabulary's ids are not contiguous; cannot add the GPT-1 tokens")
+    single = ((start, 0), ("a", 0), (extract, 0))
+    pair = ((start, 0), ("a", 0), (delimiter, 0), ("b", 0), (extract, 0))
+    names = dict(zip((start, delimiter, extract), GPT1_TOKENS, strict=True))
+    backend.post_processor = processors.TemplateProcessing(
+        single=_template_string(single, names), pair=_template_string(pair, names),
+        special_tokens=[(name, i) for i, name in names.items()],
+    )  # fmt: skip
+    return dataclasses.replace(tokenizer, vocab_size=tokenizer.vocab_size + 3, single=single, pair=pair)
+
+
 def copy_vocabulary(source_dir: str | Path, target_dir: str | Path) -> list[str]:
     """Copy the tokenizer files of a `save_pretrained` folder (`TOKENIZER_FILES`) into `target_dir`, created when
     there is one; the names copied, [] when `source_dir` holds none (the caller decides what that means)."""

@@ -306,11 +306,13 @@ ARCHITECTURE_OPTIONS = (
 )  # fmt: skip
 
 
-def inherit_architecture(name: str, options: dict[str, Any], checkpoint: dict[str, Any]) -> dict[str, Any]:
+def inherit_architecture(
+    name: str, options: dict[str, Any], checkpoint: dict[str, Any], added_tokens: int = 0
+) -> dict[str, Any]:
     """`options` for fine-tuning text model `name` from a checkpoint whose metadata (`sot_jax.json`, or a training
-    run's) is `checkpoint`: its trunk options (sizes, vocabulary, eps, activation, positions, dropout rates) where
-    `options` leave them unset. An architecture option set to another value, or a checkpoint of another family,
-    raises one `UserError`."""
+    run's) is `checkpoint`: its trunk options (sizes, vocabulary plus `added_tokens`, eps, activation, positions,
+    dropout rates) where `options` leave them unset. An architecture option set to another value, or a checkpoint
+    of another family, raises one `UserError`."""
     spec = get_text_spec(name)
     source = checkpoint.get("model", "?")
     family = TEXT_MODELS[source].family if source in TEXT_MODELS else None
@@ -319,6 +321,8 @@ def inherit_architecture(name: str, options: dict[str, Any], checkpoint: dict[st
         hint = f"; set model.name to one of {same}" if same else ""
         raise UserError(f"init_from holds a {family or 'vision'} model ({source}), not a {spec.family} one{hint}")
     saved = {k: v for k, v in checkpoint.get("overrides", {}).items() if k in TRUNK_OPTIONS}
+    if added_tokens and "vocab_size" in saved:
+        saved["vocab_size"] += added_tokens
     contradicting = [
         f"model.{k}={options[k]!r} (the checkpoint's: {saved[k]!r})"
         for k in ARCHITECTURE_OPTIONS
