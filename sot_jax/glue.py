@@ -55,14 +55,13 @@ def parse_tasks(text: str) -> list[str]:
     return list(dict.fromkeys(tasks))
 
 
-def task_spec(model: str, task: str) -> str:
-    return f"{CONFIG}:demo" if task == "demo" else f"{CONFIG}:{model},{task}"
+def task_spec(config: str, model: str, task: str) -> str:
+    return f"{config}:demo" if task == "demo" else f"{config}:{model},{task}"
 
 
-def task_runs(model: str, task: str, workdir: Path, seeds: Sequence[int], common: list[str]) -> list[sweep.Run]:
-    """The seeds of one task, a sweep in `workdir/task` (each run in its `seed_<s>`)."""
-    combination = sweep.Combination(task, (), folder="")
-    return sweep.plan(task_spec(model, task), workdir / task, [combination], seeds, common)
+def task_runs(task: str, spec: str, workdir: Path, seeds: Sequence[int], common: list[str]) -> list[sweep.Run]:
+    """The seeds of one task (`spec`: its config variant), a sweep in `workdir` (each run in its `seed_<s>`)."""
+    return sweep.plan(spec, workdir, [sweep.Combination(task, (), folder="")], seeds, common)
 
 
 def _row(runs: list[sweep.Run], metric: str, failed: dict[str, int], paper: float | None) -> dict[str, Any]:
@@ -121,6 +120,7 @@ def markdown(summary: dict) -> str:
 
 def main(argv: list[str] | None = None, launch: Callable[[list[str]], int] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sot_jax.glue", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=CONFIG, help="the GLUE config file (default: the clone's)")
     parser.add_argument("--model", default="bert_base_sot", help="a text model of configs/sot_glue.py")
     parser.add_argument("--init_from", default="", help="the converted pretrained checkpoint (not for demo)")
     parser.add_argument("--tasks", default="cola,rte,mnli,qnli", help="comma-separated GLUE tasks, all, or demo")
@@ -141,16 +141,18 @@ def main(argv: list[str] | None = None, launch: Callable[[list[str]], int] | Non
             if tasks == ["demo"]:
                 raise UserError("--tasks=demo trains from scratch; leave out --init_from")
             common = [*common, f"--config.init_from={Path(args.init_from).absolute()}"]
-        runs = {task: task_runs(args.model, task, args.workdir, seeds, common) for task in tasks}
+        if not Path(args.config).is_file():
+            raise UserError(f"{args.config} does not exist: run from a clone (pip install -e .) or give --config")
+        specs = {task: task_spec(args.config, args.model, task) for task in tasks}
+        runs = {task: task_runs(task, specs[task], args.workdir / task, seeds, common) for task in tasks}
         if args.print_commands:
             for task, task_list in runs.items():
-                sweep.print_pending(task_list, args.workdir / task, task_spec(args.model, task))
+                sweep.print_pending(task_list, args.workdir / task, specs[task])
             return 0
         failed: dict[str, int] = {}
         if not args.summarize:
             for task, task_list in runs.items():
-                spec = task_spec(args.model, task)
-                failed.update(sweep.execute(task_list, args.workdir / task, spec, launch or sweep.run_command))
+                failed.update(sweep.execute(task_list, args.workdir / task, specs[task], launch or sweep.run_command))
         summary = table(args.model, tasks, runs, failed)
         text = markdown(summary)
         args.workdir.mkdir(parents=True, exist_ok=True)

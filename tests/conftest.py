@@ -20,6 +20,15 @@ def load_config(path: str, variant: str):
     return module.get_config(variant)
 
 
+def assert_same(ours, theirs, keys=("input_ids", "attention_mask", "token_type_ids"), rows=None):
+    """The arrays under `keys` of two batches are equal (on `rows` only, when given)."""
+    for key in keys:
+        a, b = ours[key], theirs[key]
+        if rows is not None:
+            a, b = a[rows], b[rows]
+        np.testing.assert_array_equal(a, b, err_msg=key)
+
+
 def write_glue(root: str, splits: dict, words, examples: int) -> None:
     """GLUE tasks ({task: split names}) as `python -m sot_jax.prepare` leaves them (ArrayRecord shards under TFDS's
     names and metadata), `examples` per split serialized by TFDS's own features from sentences of `words`: test

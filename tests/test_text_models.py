@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from official_fixtures import load_fixture, rel_err
 
+from sot_jax import convert
 from sot_jax.errors import UserError
 from sot_jax.models import bert, registry, text_heads
 from sot_jax.models.text import TEXT_MODELS, TextModel, create_text_model, from_hf
@@ -498,6 +499,31 @@ def test_official_fork_head_settings_and_label_names_convert(tmp_path, transform
         from_hf(directory, "bert_base_sot", num_layers=1)
     _, _, plain = from_hf(_write_checkpoint(tmp_path / "plain", {**config, "id2label": {"0": "LABEL_0"}}, state))
     assert plain["label_names"] is None  # HF's placeholder names carry no meaning
+    # The converter's options: the same head given on the command line; head options for a vision model refused.
+    del config["MGCrP_q"], config["MGCrP_k"], config["MGCrP_dp"]
+    bare = _write_checkpoint(tmp_path / "bare", config, state)
+    convert.main(["--model", "bert_base_sot", "--checkpoint", bare, "--output", str(tmp_path / "out"), "--sot-q",
+                  "24", "--sot-k", "8", "--head-dropout", "0.5"])  # fmt: skip
+    written = json.loads((tmp_path / "out" / "sot_jax.json").read_text())
+    assert {k: written["overrides"][k] for k in ("sot_q", "sot_k", "head_dropout")} == {"sot_q": 24, "sot_k": 8,
+                                                                                         "head_dropout": 0.5}
+    with pytest.raises(SystemExit, match="--sot-q, --sot-k and --head-dropout apply to the text models"):
+        convert.main(["--model", "sot_small", "--checkpoint", bare, "--output", str(tmp_path / "v"), "--sot-q", "8"])
+
+
+def test_fine_tuning_refuses_a_checkpoint_of_another_family_or_a_contradicting_architecture():
+    from sot_jax.models.text import inherit_architecture
+
+    bert = {"model": "bert_base_sot", "overrides": {"hidden_size": 32, "vocab_size": 99, "dropout": 0.1}}
+    assert inherit_architecture("bert_large", {"dropout": 0.2}, bert) == {"hidden_size": 32, "vocab_size": 99,
+                                                                          "dropout": 0.2}  # fmt: skip
+    assert inherit_architecture("bert_base", {}, bert, added_tokens=3)["vocab_size"] == 102
+    with pytest.raises(UserError, match=r"init_from holds a gpt2 model \(gpt2_sot\), not a bert one; set model.name"):
+        inherit_architecture("bert_base_sot", {}, {"model": "gpt2_sot", "overrides": {}})
+    with pytest.raises(UserError, match=r"init_from holds a vision model \(sot_small\), not a roberta one"):
+        inherit_architecture("roberta_base_sot", {}, {"model": "sot_small", "overrides": {}})
+    with pytest.raises(UserError, match="contradicts init_from's architecture: model.vocab_size=30522"):
+        inherit_architecture("bert_base_sot", {"vocab_size": 30522}, bert)
 
 
 def _trunk(config: dict) -> dict:

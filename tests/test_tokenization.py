@@ -1,17 +1,21 @@
 """Tokenizers on realistic vocabularies: WordPiece (cased and uncased) and byte-level BPE (RoBERTa, GPT-2) trained
 here with `tokenizers`' trainers on the Python standard library's docstrings, saved as transformers saves them, and
 compared with transformers' tokenizers on other modules' docstrings; the saved casing, the unknown-token check and
-`copy_vocabulary`."""
+`copy_vocabulary`; and toy vocabularies for each special case (accents, unknown words, truncation ties, GPT-1's
+word ends, `tokenizer.json`)."""
 
 import importlib
 import inspect
+import itertools
 import json
 import shutil
 
 import numpy as np
 import pytest
+from conftest import assert_same
 
 from sot_jax.data import tokenization
+from sot_jax.data.tokenization import encode, load_tokenizer, truncated_lengths
 from sot_jax.errors import UserError
 
 transformers = pytest.importorskip("transformers")
@@ -269,3 +273,162 @@ def test_copy_vocabulary_copies_the_tokenizer_files(wordpiece_dirs, tmp_path):
     assert tokenization.copy_vocabulary(tmp_path / "hf", tmp_path / "hf") == names  # in place: nothing to do
     assert tokenization.copy_vocabulary(tmp_path / "weights", tmp_path / "none") == []
     assert not (tmp_path / "none").exists()
+
+
+# --- toy vocabularies: each special case against transformers ----------------------------------------------------
+
+WORDPIECE_VOCAB = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "The", "quick", "brown", "fox", "jump", "##s", "##ed",
+    "over", "lazy", "dog", "cafe", "Café", "un", "##want", "##ing", "runn", "a", "A", "b", ".", ",", "!", "?", "中",
+    "##x", "x",
+]  # fmt: skip
+WORDPIECE_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Café unwanted, running!",
+    "中A b ?",
+    "xxx unknownword x",
+    "",
+    "  the\tdog  ",
+    "CAFÉ Cafe café",
+    "a [MASK] b",
+]
+BPE_MERGES = ["Ġ t", "h e", "Ġt he", "Ġ c", "a t", "Ġc at", "Ġ s", "Ġs at", "c at", "t he"]
+BPE_TEXTS = ["the cat sat", "The cat", " the  cat ", "héllo wörld", "cat\nthe sat sat", "", "catcat the"]
+GPT_MERGES = ["t h", "th e</w>", "c a", "ca t</w>", "s a", "sa t</w>", "d o", "do g</w>"]
+GPT_TEXTS = ["The cat sat.", "the zebra!", "Éclair dog", "42 cats", "", "dog, cat; the"]
+
+
+def pairs_of(texts):
+    return [texts[i] for i in range(len(texts))], [texts[(i * 3 + 1) % len(texts)] for i in range(len(texts))]
+
+
+@pytest.fixture(scope="module")
+def vocab_dirs(tmp_path_factory):
+    from tokenizers import pre_tokenizers
+
+    root = tmp_path_factory.mktemp("vocabs")
+    (root / "wordpiece").mkdir()
+    (root / "wordpiece" / "vocab.txt").write_text("".join(f"{t}\n" for t in WORDPIECE_VOCAB), encoding="utf-8")
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merged = list(dict.fromkeys(a + b for a, b in (m.split() for m in BPE_MERGES)))
+    byte_level = {
+        "roberta": ["<s>", "<pad>", "</s>", "<unk>", *alphabet, *merged, "<mask>"],
+        "gpt2": [*alphabet, *merged, "<|endoftext|>"],
+    }
+    for name, vocab in byte_level.items():
+        (root / name).mkdir()
+        (root / name / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
+        (root / name / "merges.txt").write_text("#version: 0.2\n" + "\n".join(BPE_MERGES) + "\n", encoding="utf-8")
+    letters = "abcdefghijklmnopqrstuvwxyz.,!?;"
+    gpt_merged = list(dict.fromkeys(a + b for a, b in (m.split() for m in GPT_MERGES)))
+    gpt_vocab = ["<unk>", *letters, *(c + "</w>" for c in letters), *gpt_merged]
+    (root / "gpt").mkdir()
+    (root / "gpt" / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(gpt_vocab)}), encoding="utf-8")
+    (root / "gpt" / "merges.txt").write_text("#version: 0.2\n" + "\n".join(GPT_MERGES) + "\n", encoding="utf-8")
+    return root
+
+
+# --- tokenizers ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lower_case", [False, True])
+def test_wordpiece_matches_bert_tokenizers(vocab_dirs, lower_case):
+    from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
+
+    vocab = str(vocab_dirs / "wordpiece" / "vocab.txt")
+    ours = load_tokenizer(vocab, lower_case=lower_case)
+    assert ours.kind == "wordpiece" and ours.pad_id == 0 and ours.vocab_size == len(WORDPIECE_VOCAB)
+    fast = transformers.BertTokenizerFast.from_pretrained(str(vocab_dirs / "wordpiece"), do_lower_case=lower_case)
+    python = BertTokenizerLegacy(vocab_file=vocab, do_lower_case=lower_case)
+    texts_a, texts_b = pairs_of(WORDPIECE_TEXTS)
+    for max_length in (32, 16, 10, 8):
+        for reference in (fast, python):
+            assert_same(encode(ours, texts_a, None, max_length), hf_encode(reference, texts_a, None, max_length))
+        encoded = encode(ours, texts_a, texts_b, max_length)
+        assert_same(encoded, hf_encode(python, texts_a, texts_b, max_length))
+        ties = odd_tie_rows(ours, texts_a, texts_b, max_length)
+        rows = [i for i in range(len(texts_a)) if i not in ties]
+        assert_same(encoded, hf_encode(fast, texts_a, texts_b, max_length), rows=rows)
+        assert all(v.dtype == np.int32 and v.shape == (len(texts_a), max_length) for v in encoded.values())
+    assert odd_tie_rows(ours, texts_a, texts_b, 10)  # the documented difference was exercised
+    if not lower_case:  # the backend alone adds the same special tokens
+        a, b = "The quick fox", "jumps over"
+        mask = encode(ours, [a], [b], 32)["attention_mask"][0] == 1
+        assert ours.backend.encode(a, b).ids == encode(ours, [a], [b], 32)["input_ids"][0][mask].tolist()
+
+
+def test_pair_truncation_is_longest_first_one_token_at_a_time():
+    def one_at_a_time(a, b, budget):
+        while a + b > budget:
+            if a > b:
+                a -= 1
+            else:
+                b -= 1
+        return a, b
+
+    for a, b, budget in itertools.product(range(12), range(12), range(2, 20)):
+        assert truncated_lengths(a, b, budget) == one_at_a_time(a, b, budget), (a, b, budget)
+
+
+@pytest.mark.parametrize("kind", ["roberta", "gpt2"])
+def test_byte_level_bpe_matches_roberta_and_gpt2(vocab_dirs, kind):
+    ours = load_tokenizer(str(vocab_dirs / kind))
+    assert ours.kind == kind
+    if kind == "roberta":
+        hf = transformers.RobertaTokenizerFast.from_pretrained(str(vocab_dirs / kind))
+        assert ours.pad_id == hf.pad_token_id == 1
+    else:
+        hf = transformers.GPT2TokenizerFast.from_pretrained(str(vocab_dirs / kind))
+        hf.pad_token = "<|endoftext|>"  # GPT-2 has no padding token; ours pads with this one too
+        assert ours.pad_id == hf.pad_token_id
+    texts_a, texts_b = pairs_of(BPE_TEXTS)
+    for max_length in (24, 10, 7):
+        keys = ("input_ids", "attention_mask")
+        assert_same(encode(ours, texts_a, None, max_length), hf_encode(hf, texts_a, None, max_length), keys)
+        encoded = encode(ours, texts_a, texts_b, max_length)
+        rows = [i for i in range(len(texts_a)) if i not in odd_tie_rows(ours, texts_a, texts_b, max_length)]
+        assert_same(encoded, hf_encode(hf, texts_a, texts_b, max_length), keys, rows=rows)
+        assert not encoded["token_type_ids"].any()  # one token type (RoBERTa) or none (GPT-2)
+    upper = encode(load_tokenizer(str(vocab_dirs / kind), lower_case=True), ["THE CAT"], None, 8)
+    np.testing.assert_array_equal(upper["input_ids"], encode(ours, ["the cat"], None, 8)["input_ids"])
+
+
+def test_gpt1_bpe_matches_openai_gpt_tokenizer(vocab_dirs):
+    ours = load_tokenizer(str(vocab_dirs / "gpt"))
+    assert ours.kind == "gpt" and ours.pad_id == 0
+    hf = transformers.OpenAIGPTTokenizer.from_pretrained(str(vocab_dirs / "gpt"))
+    hf.pad_token = "<unk>"
+    texts_a, texts_b = pairs_of(GPT_TEXTS)
+    for max_length in (24, 9):
+        keys = ("input_ids", "attention_mask")
+        assert_same(encode(ours, texts_a, None, max_length), hf_encode(hf, texts_a, None, max_length), keys)
+        rows = [i for i in range(len(texts_a)) if i not in odd_tie_rows(ours, texts_a, texts_b, max_length)]
+        encoded = encode(ours, texts_a, texts_b, max_length)
+        assert_same(encoded, hf_encode(hf, texts_a, texts_b, max_length), keys, rows=rows)
+
+
+def test_tokenizer_json_from_save_pretrained_loads_the_same(vocab_dirs, tmp_path):
+    for kind in ("wordpiece", "roberta"):
+        hf_class = transformers.BertTokenizerFast if kind == "wordpiece" else transformers.RobertaTokenizerFast
+        hf_class.from_pretrained(str(vocab_dirs / kind)).save_pretrained(str(tmp_path / kind))
+        assert not (tmp_path / kind / "vocab.txt").exists()  # transformers 5 writes tokenizer.json only
+        for lower_case in (False, True):
+            texts = WORDPIECE_TEXTS if kind == "wordpiece" else BPE_TEXTS
+            saved = encode(load_tokenizer(str(tmp_path / kind), lower_case), texts, texts[::-1], 16)
+            original = encode(load_tokenizer(str(vocab_dirs / kind), lower_case), texts, texts[::-1], 16)
+            assert_same(saved, original)
+
+
+def test_tokenizer_errors_name_what_is_expected(vocab_dirs, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "nowhere"))
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "vocab.json").write_text("{}")
+    with pytest.raises(UserError, match=r"none of vocab.json \+ merges.txt .* it holds: vocab.json"):
+        load_tokenizer(str(tmp_path / "half"))
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
+    with pytest.raises(UserError, match=r"lacks \[CLS\], \[SEP\]"):
+        load_tokenizer(str(tmp_path / "vocab.txt"))
+    tokenizer = load_tokenizer(str(vocab_dirs / "wordpiece"))
+    with pytest.raises(UserError, match="no room"):
+        encode(tokenizer, ["a"], ["b"], max_seq_length=4)

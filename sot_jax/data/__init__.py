@@ -1,8 +1,11 @@
-"""The input side of training: sources (`sources`: TFDS, image folders; `text`: GLUE and the embedded `brackets`),
-the Grain image pipeline (`pipeline`) and its PIL transforms (`transforms`, `randaugment`, `label_maps`), the text
-batches (`text`), and the embedded datasets (`digits`, `brackets`; their TFDS builders are in `tfds_builders`).
+"""The input side of training: sources (`sources`: TFDS, image folders; `text`: GLUE, whose tasks `glue` lists, and
+the embedded `brackets`), the Grain image pipeline (`pipeline`) and its PIL transforms (`transforms`,
+`randaugment`, `label_maps`), the tokenizers (`tokenization`) and text batches (`text`), and the embedded datasets
+(`digits`, `brackets`; their TFDS builders are in `tfds_builders`).
 
-`train_batches` and `eval_batches` give a trainer config's batches of either kind, as numpy arrays per process.
+`train_batches` and `eval_batches` give a trainer config's batches of either kind, as numpy arrays per process;
+`tokenizer` the text config's tokenizer, `use_checkpoint_classes` and `checkpoint_record` what a text checkpoint
+brings and keeps.
 """
 
 from __future__ import annotations
