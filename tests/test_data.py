@@ -71,6 +71,7 @@ def test_repeated_copies_go_to_different_mixing_groups_as_rasampler_deals_them(d
     assert np.array_equal(pipeline.group_positions(8, 0), np.arange(8))
 
 
+@pytest.mark.slow
 def test_training_from_tfds_or_folders_never_imports_tensorflow(tiny_imagenet, tmp_path):
     """TensorFlow is needed to prepare a TFDS dataset, never to train from one (nor from image folders): a training
     step, its checkpoint and an evaluation leave TensorFlow unimported."""

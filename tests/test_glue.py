@@ -142,6 +142,7 @@ def test_bad_glue_commands_end_with_one_error_line(tmp_path, capsys, args, messa
     assert len(error) == 1 and error[0].startswith("error: ") and re.search(message, error[0]), error
 
 
+@pytest.mark.slow
 def test_the_demo_table_in_one_command_and_again_without_training(tmp_path):
     """`python -m sot_jax.glue --tasks=demo --seeds=1,2` at a tiny size: both table files with two seeds; the same
     command again trains nothing."""

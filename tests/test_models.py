@@ -158,6 +158,7 @@ def test_hvt_pooling_schedule():
     assert params["blocks_0"]["pos_embed"].shape == (1, 97, 384) and "pos_embed" not in params["blocks_1"]
 
 
+@pytest.mark.slow
 def test_bfloat16_computes_in_bfloat16_with_float32_parameters():
     model = models.create_model("sot_tiny", num_classes=4, dtype=jnp.bfloat16, wr_dim=4, **TINY)
     images = jnp.asarray(np.random.default_rng(0).normal(size=(1, 224, 224, 3)), jnp.float32)
@@ -258,6 +259,7 @@ def test_stem_conv_max_pool_is_conv_then_max_pool(height, width, constant):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "hvt_ti_1"])
 def test_remat_keeps_parameters_and_gradients_and_saves_less(name):
     """Block rematerialization changes what the backward pass keeps, not the function: same parameter tree, same

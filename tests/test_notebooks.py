@@ -40,6 +40,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_in_its_small_configuration(path, digits_dir, tmp_path, monkeypatch):
     from nbclient import NotebookClient

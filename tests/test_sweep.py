@@ -119,6 +119,7 @@ def test_comparison_statistics_match_their_definitions():
     assert math.isnan(sweep.compare([1.0], [2.0, 3.0])["welch_p"])
 
 
+@pytest.mark.slow
 def test_a_real_grid_of_heads_and_seeds_trains_summarizes_and_skips(digits_dir, tmp_path):
     """The issue's command at a tiny size: 2 heads × 2 seeds of `sot_jax.main`, then the same command again."""
     command = [

@@ -37,6 +37,7 @@ def text_config(tmp_path_factory):
     return make
 
 
+@pytest.mark.slow
 def test_the_text_demo_trains_resumes_exactly_and_reports_mcc(text_config, tmp_path, capsys):
     config = text_config()
     uninterrupted = train.train_and_evaluate(config, tmp_path / "a")
@@ -56,6 +57,7 @@ def test_the_text_demo_trains_resumes_exactly_and_reports_mcc(text_config, tmp_p
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
 
 
+@pytest.mark.slow
 def test_an_uncased_hf_bert_fine_tunes_with_its_own_tokenizer_architecture_and_seeded_head(tmp_path, capsys):
     """A random-weight HF BERT saved with an uncased tokenizer and a non-default architecture converts; fine-tuning
     it on capitalized GLUE text takes the architecture, vocabulary and casing from the checkpoint (and says so),
@@ -127,6 +129,7 @@ def test_glue_without_a_vocabulary_or_prepared_data_says_what_to_do(text_config,
         load_config("configs/sot_glue.py", "bert_huge,cola")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["roberta_base_sot", "gpt2_sot", "gpt"])
 def test_roberta_and_gpt_train_through_the_trainer(text_config, tmp_path, name):
     """The other families on the embedded task (GPT gets no token types; RoBERTa's padding id is the vocabulary's)."""
@@ -143,6 +146,7 @@ def test_roberta_and_gpt_train_through_the_trainer(text_config, tmp_path, name):
     assert ("token_type_ids" in batch) == name.startswith("roberta")
 
 
+@pytest.mark.slow
 def test_gpt_in_the_gpt1_papers_format_adds_three_learned_tokens(tmp_path, capsys):
     """`input.gpt_format=gpt1`: `_start_ a _delimiter_ b _classify_` (ids as transformers' tokenizer gives them
     with the three tokens added), and fine-tuning a converted GPT-2 grows its token table by three rows that start

@@ -367,6 +367,7 @@ def test_missing_label_folder_and_wrong_class_count_are_clear(tmp_path, tiny_con
         train.validate_config(tiny_config(token_label_dir="x", token_label_resample="x"), 1, 1)
 
 
+@pytest.mark.slow
 def test_a_tiny_lvvit_run_trains_on_token_label_maps(tiny_imagenet, tiny_config, tmp_path):
     from sot_jax import convert_labels
 

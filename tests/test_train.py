@@ -39,6 +39,7 @@ def full_augmentation(tiny_config, **changes):
     )
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_ends_with_the_same_params(tiny_config, tmp_path):
     config = full_augmentation(tiny_config)
     uninterrupted = train.train_and_evaluate(config, tmp_path / "a")
@@ -100,6 +101,7 @@ def test_checkpoints_keep_the_latest_state_and_evaluations_only_the_best_weights
     assert plot.plot(tmp_path).is_file()
 
 
+@pytest.mark.slow
 def test_a_crashed_save_never_costs_the_previous_checkpoint(tiny_config, tmp_path):
     config = tiny_config()
     train.train_and_evaluate(config, tmp_path)
@@ -129,6 +131,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, t
     assert params_of(tmp_path)["params"]  # and it restores
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch(tiny_config, tmp_path):
     runs = {}
     for accum in (1, 2):
@@ -141,6 +144,7 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_config, tmp_path):
     assert_trees_close(runs[1][0].params, runs[2][0].params, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model,overrides",
     [
@@ -158,6 +162,7 @@ def test_paired_losses_and_other_families_train(tiny_config, tmp_path, model, ov
     assert int(state.step) == 2
 
 
+@pytest.mark.slow
 def test_init_from_a_converted_checkpoint_fine_tunes_a_new_classifier(tiny_config, tmp_path):
     config = tiny_config(total_steps=1, warmup_lr=0.0, ema_decay=0.5)
     pretrained_model = recipes.build_model(config.model, num_classes=7)
@@ -174,6 +179,7 @@ def test_init_from_a_converted_checkpoint_fine_tunes_a_new_classifier(tiny_confi
         checkpoints.merge_pretrained(state.params, {**variables["params"], "blocks_0": {}}, "x")
 
 
+@pytest.mark.slow
 def test_eval_only_reports_params_and_ema(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config(ema_decay=0.9), tmp_path)
     results = evaluate.evaluate_checkpoint(tiny_config(eval_only=True, init_from=str(tmp_path)))
@@ -234,6 +240,7 @@ def reference_run(tiny_config, workdir, **changes):
     return train.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sharding", ["data", "fsdp"])
 def test_eight_devices_match_one(digits_dir, tiny_config, tmp_path, sharding):
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
@@ -243,6 +250,7 @@ def test_eight_devices_match_one(digits_dir, tiny_config, tmp_path, sharding):
     assert_trees_close(params_of(tmp_path / "eight")["params"], single.params, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_fsdp_shards_parameters_over_the_mesh():
     script = (
         "import jax, numpy as np; from jax.sharding import Mesh; from sot_jax import sharding, models;"
@@ -280,6 +288,7 @@ for config.aug.mix_group_size in (0, 2):
 """
 
 
+@pytest.mark.slow
 def test_mixing_within_each_device_batch_sends_no_images_between_devices():
     """Mixup/CutMix partners of the reversed global batch live on other devices (collective-permutes of the images
     and targets); with aug.mix_group_size equal to each device's batch (2 of 16 images on each of 8 devices) they
@@ -293,6 +302,7 @@ def test_mixing_within_each_device_batch_sends_no_images_between_devices():
     assert global_batch > 0 and per_device == 0
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(digits_dir, tiny_config, tmp_path):
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -328,6 +338,7 @@ def test_two_processes_match_one(digits_dir, tiny_config, tmp_path):
     assert_trees_close(params_of(tmp_path / "two")["params"], single.params, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_main_trains_the_digits_demo_from_the_command_line(digits_dir, tmp_path):
     result = run_main([f"--workdir={tmp_path}", f"--config.data_dir={digits_dir}", "--config.total_steps=4"])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -338,6 +349,7 @@ def test_main_trains_the_digits_demo_from_the_command_line(digits_dir, tmp_path)
     assert models.list_models()  # the package imports cleanly after a run
 
 
+@pytest.mark.slow
 def test_a_tiny_imagenet2012_run_works_end_to_end(tiny_imagenet, tiny_config, tmp_path):
     config = full_augmentation(
         tiny_config, dataset="imagenet2012", data_dir=tiny_imagenet, batch_size=4, total_steps=4, eval_every_steps=4
@@ -370,6 +382,7 @@ def test_weight_decay_skips_one_dimensional_and_named_parameters():
     assert not sot_mask["classifier"]["representation"]["svpn_start"]
 
 
+@pytest.mark.slow
 def test_a_training_run_exports_to_a_model_checkpoint(tiny_config, tmp_path):
     config = tiny_config(total_steps=3, ema_decay=0.9)
     state = train.train_and_evaluate(config, tmp_path / "run")
@@ -395,6 +408,7 @@ def test_eval_step_handles_fewer_than_five_classes():
     assert float(counts["top5"]) == 4.0 and float(counts["top1"]) == 2.0 and float(counts["count"]) == 4.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [{"head": "gap"}, {"head": "gem"}, {"head": "ggem", "gem_positive": "softplus"}, {"head": "gcp"},
@@ -409,6 +423,7 @@ def test_any_head_fusion_and_svpn_trains_from_config_keys(tiny_config, tmp_path,
     assert jax.tree.structure(state.params) == jax.tree.structure(models.abstract_variables(model)["params"])
 
 
+@pytest.mark.slow
 def test_a_head_chosen_on_the_command_line_trains_the_digits_demo(digits_dir, tmp_path):
     result = run_main([f"--workdir={tmp_path}", f"--config.data_dir={digits_dir}", "--config.total_steps=2",
                        "--config.model.head=gem", "--config.model.gem_positive=softplus"])  # fmt: skip
@@ -417,6 +432,7 @@ def test_a_head_chosen_on_the_command_line_trains_the_digits_demo(digits_dir, tm
     assert meta["overrides"]["head"] == "gem" and meta["overrides"]["gem_positive"] == "softplus"
 
 
+@pytest.mark.slow
 def test_a_folder_dataset_trains_resumes_exactly_and_evaluates(tiny_config, tmp_path):
     from test_data import write_image_folders
 
@@ -458,6 +474,7 @@ def test_eval_sets_are_checked_before_the_first_step(tiny_config, tmp_path, caps
         train.train_and_evaluate(config, tmp_path / "key")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -492,6 +509,7 @@ def test_main_prints_user_errors_as_one_line_and_keeps_other_tracebacks(monkeypa
         main.run()
 
 
+@pytest.mark.slow
 def test_every_module_imports_before_jax_distributed_initializes(tmp_path):
     """Importing sot_jax must not start a JAX backend: `jax.distributed.initialize` must still work after it."""
     with socket.socket() as s:
@@ -515,6 +533,7 @@ def test_every_module_imports_before_jax_distributed_initializes(tmp_path):
         assert p.returncode == 0 and "processes 2" in out, err[-3000:]
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(digits_dir, tmp_path):
     """Preemption needs no per-step collective: JAX's preemption service tells every process where to stop."""
     with socket.socket() as s:
