@@ -48,8 +48,9 @@ forward, loss, zero_grad, backward, step, `lr_scheduler.step(next)`; evaluation 
 
 Not the same, by construction: the random draws inside the step (drop-path masks) come from each framework's own
 generator; bf16 autocast (PyTorch casts per op, e.g. its svPN power iteration runs in bf16 inside autocast) and
-sot_jax's bf16 compute dtype (which keeps the covariance and svPN in float32) round differently; BatchNorm's
-running variance is updated with the unbiased (PyTorch) vs biased (Flax) batch variance. The official run used
+sot_jax's bf16 compute dtype (which keeps the covariance and svPN in float32) round differently. (BatchNorm is
+the same: both normalize by the biased batch variance and update the running variance with the unbiased one,
+`layers.BatchNorm` as PyTorch.) The official run used
 fp16 autocast with a loss scaler (`--amp`); bf16 needs no scaler. Neither loop synchronizes every step (the
 official loop calls torch.cuda.synchronize() and loss.item() each step), so both sides' times are the device's.
 

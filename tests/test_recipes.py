@@ -281,7 +281,27 @@ def test_schedule_gives_every_epoch_the_official_scripts_rate(config_file, varia
         np.testing.assert_allclose(np.asarray(schedule(jnp.asarray(steps))), official, rtol=1e-5, atol=1e-12)
 
 
+# Per family: (aug.mix_group_size, model.bn_group_size, aug.erase_after_mix) as the official runs had them: one
+# Mixup/CutMix (or MixToken) draw and one BatchNorm batch per GPU batch (no SyncBN; DeiT and HVT have no BatchNorm),
+# SoT erasing after the mix (timm 0.3.4's prefetcher), DeiT and HVT before it (in each image's transform).
+OFFICIAL_GROUPS = {
+    ("configs/sot_deit.py", "sot_tiny"): (128, 128, True), ("configs/sot_deit.py", "sot_small"): (128, 128, True),
+    ("configs/sot_deit.py", "sot_base"): (64, 64, True), ("configs/sot_deit.py", "deit_tiny_sot"): (128, 128, True),
+    ("configs/sot_deit.py", "deit_small_sot"): (128, 128, True),
+    ("configs/sot_deit.py", "deit_base_sot"): (64, 64, True),
+    ("configs/sot_deit.py", "deit_tiny"): (256, None, False), ("configs/sot_deit.py", "deit_small"): (256, None, False),
+    ("configs/sot_deit.py", "deit_base"): (64, None, False),
+    **{("configs/hvt.py", v): (128, None, False)
+       for v in ("hvt_ti_1", "hvt_s_0", "hvt_s_1", "hvt_s_2", "hvt_s_3", "scale_hvt_ti_4")},
+    **{("configs/lvvit.py", v): (128, 128, True) for v in ("lvvit_t", "lvvit_s", "lvvit_m", "lvvit_l")},
+}  # fmt: skip
+
+
 def test_configs_carry_the_official_data_choices():
+    for (path, variant), groups in OFFICIAL_GROUPS.items():
+        config = load_config(path, variant)
+        found = (config.aug.mix_group_size, config.model.get("bn_group_size"), config.aug.erase_after_mix)
+        assert found == groups, (path, variant)
     deit, hvt = load_config("configs/sot_deit.py", "deit_base"), load_config("configs/hvt.py", "hvt_ti_1")
     for config in (deit, hvt):
         assert (config.input.repeated_aug, config.input.interpolation, config.optim.ema_decay) == (3, "bicubic", 0)
@@ -316,3 +336,13 @@ def test_dry_run_prints_the_recipe_without_data_or_workdir(tmp_path):
     for line in expected:
         assert line in out, out
     assert not (tmp_path / "absent").exists()
+
+
+def test_every_create_model_keyword_is_a_config_key():
+    """`--config.model.KEY` reaches every keyword of `create_model` (vision) and `create_text_model` (text)."""
+    from sot_jax.models import registry, text
+
+    assert set(registry.OPTIONS) <= set(recipes.base_config().model)
+    for variant in ("bert_base_sot,cola", "demo"):
+        assert set(text.TEXT_OPTIONS) <= set(load_config("configs/sot_glue.py", variant).model)
+    assert set(text.OPTION_TYPES) == set(text.TEXT_OPTIONS) - {"dtype"}  # one type per option
