@@ -1,4 +1,4 @@
-"""GPU check and timing of the fused dense-layer Pallas kernels (sot_jax.models.dense_kernel) against XLA.
+"""GPU check and timing of the fused dense-layer Pallas kernels (bench/dense_kernel_pallas.py) against XLA.
 
 1. Values and gradients (dx, dw1, dw2) of `dense_layer` vs `dense_layer_reference` for each stage's first and last
    layer widths, in bf16 and float32 (max |Δ| / max |reference|), plus a 6-layer `dense_block` in bf16. bf16 rows
@@ -17,12 +17,11 @@ import argparse
 import functools
 import traceback
 
+import dense_kernel_pallas as dk
 import jax
 import jax.numpy as jnp
 import numpy as np
 from train_throughput import timed
-
-from sot_jax.models import dense_kernel as dk
 
 # (name, H = W, input channels) of SoT's three dense stages at 224²: after the stem's max-pool (112², 64 channels)
 # and after each transition (128 channels, half the resolution).

@@ -3,10 +3,7 @@ training mode) at batch 256 in bfloat16, as `sot_jax.models.sot.DenseNetStem` co
 conv and the max-pool as one space-to-depth convolution) and as the official code writes it ("plain": Conv3x3 →
 MaxPool(3, s2) on the 224² activation). Same parameters, same values.
 
-    PYTHONPATH=.:bench python bench/stem.py [--batch 256] [--stem-impl pallas] [--variants fused] [--profile DIR]
-
-`--stem-impl` picks how the dense layers run (`sot.stem_implementation`; left out, the library's default, which
-also lets this script time an older checkout of the library that has no such option).
+    PYTHONPATH=.:bench python bench/stem.py [--batch 256] [--variants fused] [--profile DIR]
 
 With --profile, three fwd + bwd calls of each are traced and the GPU kernel time is listed by kernel (run with
 XLA_FLAGS=--xla_gpu_enable_command_buffer= so that kernels are not hidden inside CUDA graphs).
@@ -37,10 +34,8 @@ class PlainStem(sot.DenseNetStem):
 STEMS = {"plain": PlainStem, "fused": sot.DenseNetStem}
 
 
-def measure(
-    stem: type[sot.DenseNetStem], images: jax.Array, embed_dim: int, stem_impl: str | None, profile_dir: str | None
-) -> dict:
-    module = stem(embed_dim, jnp.bfloat16, **({"stem_impl": stem_impl} if stem_impl else {}))
+def measure(stem: type[sot.DenseNetStem], images: jax.Array, embed_dim: int, profile_dir: str | None) -> dict:
+    module = stem(embed_dim, jnp.bfloat16)
     variables = module.init({"params": jax.random.key(0)}, images[:2], True)
     # The images are an argument, not a constant that XLA would fold at compile time.
     state = (variables["params"], variables["batch_stats"], images)
@@ -69,7 +64,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--embed-dim", type=int, default=384, help="384 is SoT-Small's")
-    parser.add_argument("--stem-impl", help="how the dense layers run (sot.STEM_IMPLEMENTATIONS)")
     parser.add_argument("--variants", nargs="+", choices=STEMS, default=list(STEMS))
     parser.add_argument("--profile", help="trace under this folder and list the top kernels")
     args = parser.parse_args()
@@ -77,7 +71,7 @@ def main() -> None:
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}", flush=True)
     for label in args.variants:
         profile_dir = args.profile and f"{args.profile}/{label}"
-        result = measure(STEMS[label], images, args.embed_dim, args.stem_impl, profile_dir)
+        result = measure(STEMS[label], images, args.embed_dim, profile_dir)
         print(f"{label}: " + json.dumps(result, indent=1), flush=True)
 
 

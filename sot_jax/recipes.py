@@ -19,7 +19,7 @@ MODEL_OPTIONS = {
     "head": str, "fusion": str, "svpn": str, "svpn_alpha": float, "wr_dim": int, "mgcrp_heads": int,
     "head_dropout": float, "gem_groups": int, "gem_positive": str, "embed_dim": int, "depth": int, "num_heads": int,
     "mlp_hidden": int, "pool_block_width": int, "attention": str, "remat": str, "dropout": float,
-    "bn_group_size": int, "stem_impl": str,
+    "bn_group_size": int,
 }  # fmt: skip
 # Keys of an evals entry: dataset and data_dir ("" = the config's), split ("" = the dataset's validation split),
 # optional (skipped with one warning line when not prepared), label_subset (predict among the classes present,

@@ -1,4 +1,5 @@
-"""The fused dense-layer Pallas kernels (sot_jax.models.dense_kernel) against the XLA convolutions.
+"""The fused dense-layer Pallas kernels (bench/dense_kernel_pallas.py, an experiment outside the package) against
+the XLA convolutions.
 
 On CPU the kernels run in Pallas interpret mode (float32, odd sizes, several tiles so the halo crosses tile
 boundaries); on a GPU the compiled Triton kernels are also checked in bf16.
@@ -6,12 +7,18 @@ boundaries); on a GPU the compiled Triton kernels are also checked in bf16.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ROOT
 
-from sot_jax.models import dense_kernel as dk
+_spec = importlib.util.spec_from_file_location("dense_kernel_pallas", ROOT / "bench" / "dense_kernel_pallas.py")
+dk = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))  # dataclasses look it up there
+_spec.loader.exec_module(dk)
 
 
 def _inputs(shape: tuple[int, int, int, int], dtype, seed: int = 0, layers: int = 1):

@@ -24,7 +24,7 @@ BACKBONE_OPTIONS = (
     "img_size", "drop_path_rate", "dropout", "dtype", "embed_dim", "depth", "num_heads", "mlp_hidden",
     "pool_block_width", "attention", "remat",
 )  # fmt: skip
-STEM_OPTIONS = ("bn_group_size", "stem_impl")
+STEM_OPTIONS = ("bn_group_size",)
 OPTIONS = (*BACKBONE_OPTIONS, *STEM_OPTIONS, *HEAD_OPTIONS)
 
 
@@ -46,8 +46,7 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> Vision
     inside each transformer block in the backward pass, for larger batches), the trunk's embed_dim, depth,
     num_heads, mlp_hidden (and HVT's pool_block_width), bn_group_size (SoT's and LV-ViT's stem BatchNorm: 0
     normalizes over the whole batch, > 0 over each run of that many images in training, e.g. one GPU's batch of
-    the official runs without SyncBN; models without BatchNorm ignore it), stem_impl (SoT's dense layers: "auto",
-    "xla" or "pallas", `sot.stem_implementation`; other stems ignore it), and for the head
+    the official runs without SyncBN; models without BatchNorm ignore it), and for the head
     (`heads.ClassifierHead`): head, fusion, svpn, svpn_alpha, wr_dim, mgcrp_heads, head_dropout, gem_groups (ggem;
     default the backbone's attention heads), gem_positive. A bad value raises `UserError` naming it and the valid
     choices. Text model names (`text.TEXT_MODELS`) go to `text.create_text_model` with its own options."""
@@ -62,7 +61,6 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> Vision
     bn_group_size = overrides.get("bn_group_size", 0)
     if not isinstance(bn_group_size, int) or bn_group_size < 0:
         raise UserError(f"bn_group_size must be a non-negative integer, got {bn_group_size!r}")
-    sot.stem_implementation(overrides.get("stem_impl", "auto"))
     stem_options = {k: v for k, v in overrides.items() if k in spec.stem_options}
     backbone = {**spec.backbone, **{k: v for k, v in overrides.items() if k in BACKBONE_OPTIONS}}
     if backbone["embed_dim"] % backbone["num_heads"]:

@@ -18,8 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sot_jax.errors import check_choice
-from sot_jax.models import dense_kernel
 from sot_jax.models.layers import BatchNorm, Dtype, conv, conv_bias_init, conv_init
 from sot_jax.models.spec import ModelSpec
 
@@ -29,41 +27,13 @@ BOTTLENECK = 2 * GROWTH
 TRANSITION_WIDTH = 128
 
 
-STEM_IMPLEMENTATIONS = ("auto", "xla", "pallas")
-
-
-def stem_implementation(choice: str) -> str:
-    """How the dense layers run: "xla" (two convolutions, the reference), "pallas" (`dense_kernel.dense_layer`,
-    fused; interpret mode off the GPU, for tests). "auto" is "xla" everywhere: on a GPU the kernel is correct and
-    up to 1.17× faster per layer, but the whole stem with it was slower than XLA's, with or without XLA's conv
-    fusion (BENCHMARKS.md, round two)."""
-    check_choice("stem_impl", choice, STEM_IMPLEMENTATIONS)
-    return "xla" if choice == "auto" else choice
-
-
-class _Kernel(nn.Module):
-    """A convolution kernel parameter alone (named like `layers.Conv`'s), for layers computed by a Pallas kernel."""
-
-    shape: tuple[int, ...]
-
-    @nn.compact
-    def __call__(self) -> jax.Array:
-        return self.param("kernel", conv_init, self.shape, jnp.float32)
-
-
 class DenseLayer(nn.Module):
     """timm 0.3.4 with its default norm_layer=ReLU: ReLU → Conv1x1 → ReLU → Conv3x3, no BatchNorm."""
 
     dtype: Dtype = jnp.float32
-    impl: str = "auto"  # STEM_IMPLEMENTATIONS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if stem_implementation(self.impl) == "pallas":
-            w1 = _Kernel((1, 1, x.shape[-1], BOTTLENECK), name="conv1")()
-            w2 = _Kernel((3, 3, BOTTLENECK, GROWTH), name="conv2")()
-            interpret = jax.default_backend() != "gpu"
-            return dense_kernel.dense_layer(x.astype(self.dtype), w1, w2, interpret=interpret)
         x = conv(BOTTLENECK, (1, 1), "conv1", self.dtype, use_bias=False)(nn.relu(x))
         return conv(GROWTH, (3, 3), "conv2", self.dtype, use_bias=False, padding=((1, 1), (1, 1)))(nn.relu(x))
 
@@ -71,13 +41,12 @@ class DenseLayer(nn.Module):
 class DenseBlock(nn.Module):
     num_layers: int = 6
     dtype: Dtype = jnp.float32
-    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = [x]
         for i in range(self.num_layers):
-            layer = DenseLayer(self.dtype, self.impl, name=f"denselayer{i + 1}")
+            layer = DenseLayer(self.dtype, name=f"denselayer{i + 1}")
             features.append(layer(jnp.concatenate(features, axis=-1)))
         return jnp.concatenate(features, axis=-1)
 
@@ -170,13 +139,11 @@ _max_over_candidates.defvjp(_max_over_candidates_fwd, _max_over_candidates_bwd)
 
 class DenseNetStem(nn.Module):
     """SoT's "DenseNet" token embedding: stride 16, (B, H, W, 3) -> (B, H/16, W/16, embed_dim). `bn_group_size`:
-    the transitions' BatchNorm statistics per run of that many images (`layers.BatchNorm`); `stem_impl`: how the
-    dense layers run (`stem_implementation`)."""
+    the transitions' BatchNorm statistics per run of that many images (`layers.BatchNorm`)."""
 
     embed_dim: int
     dtype: Dtype = jnp.float32
     bn_group_size: int = 0
-    stem_impl: str = "auto"  # STEM_IMPLEMENTATIONS
 
     def conv_and_pool(self, x: jax.Array) -> jax.Array:
         """Conv3x3(3→64) → MaxPool(3, s2), computed by `ConvMaxPool`."""
@@ -186,7 +153,7 @@ class DenseNetStem(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = self.conv_and_pool(x)
         for stage in range(3):
-            x = DenseBlock(dtype=self.dtype, impl=self.stem_impl, name=f"stage_{2 * stage}")(x)
+            x = DenseBlock(dtype=self.dtype, name=f"stage_{2 * stage}")(x)
             x = DenseTransition(self.dtype, self.bn_group_size, name=f"stage_{2 * stage + 1}")(x, train)
         return conv(self.embed_dim, (1, 1), "transition", self.dtype)(x)
 
@@ -194,8 +161,8 @@ class DenseNetStem(nn.Module):
 def _sot(embed_dim: int, depth: int, num_heads: int, mlp_hidden: int, wr_dim: int, head_dropout: float) -> ModelSpec:
     return ModelSpec(
         family="sot",
-        stem=lambda dim, dtype, bn_group_size=0, stem_impl="auto": DenseNetStem(dim, dtype, bn_group_size, stem_impl),
-        stem_options=("bn_group_size", "stem_impl"),
+        stem=lambda dim, dtype, bn_group_size=0: DenseNetStem(dim, dtype, bn_group_size),
+        stem_options=("bn_group_size",),
         stride=16,
         backbone=dict(
             embed_dim=embed_dim,

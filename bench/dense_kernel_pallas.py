@@ -1,5 +1,9 @@
 """A fused Pallas kernel pair for one SoT dense layer: y = Conv3x3(ReLU(Conv1x1(ReLU(x)))), no bias, padding 1.
 
+An experiment kept in bench/ (not the package): correct, and 1.02–1.17× faster than XLA per layer on an H200, but
+the whole stem with it was slower than XLA's (BENCHMARKS.md, rounds two and three), so the model has no option for
+it. `bench/dense_kernel.py` checks and times it on a GPU; `tests/test_dense_kernel.py` checks it in interpret mode.
+
 `sot_jax.models.sot.DenseLayer` computes this as two cuDNN convolutions with the 32-channel bottleneck written to
 and read back from HBM, and `DenseBlock` concatenates after every layer: many small memory-bound kernels. Here the
 forward is one kernel and the backward one more; x is read from HBM once per tile by each (the backward reloads
