@@ -227,87 +227,95 @@ def describe(config: ml_collections.ConfigDict) -> str:
 
     from sot_jax import optim
 
-    o, i, a = config.optim, config.input, config.aug
-    epochs = o.num_epochs + o.cooldown_epochs
-    count = KNOWN_TRAIN_EXAMPLES.get((config.dataset, i.train_split))
+    optimizer, inputs, aug = config.optim, config.input, config.aug
+    epochs = optimizer.num_epochs + optimizer.cooldown_epochs
+    count = KNOWN_TRAIN_EXAMPLES.get((config.dataset, inputs.train_split))
     epoch_steps = count // config.batch_size if count else None
     if config.total_steps:
         steps = f"{config.total_steps} steps (total_steps: the schedule squeezed into them)"
     elif epoch_steps:
-        steps = f"{epoch_steps * epochs} steps ({epoch_steps} per epoch: {count:,} {config.dataset} examples // batch)"
+        per_epoch = f"{epoch_steps} per epoch: {count:,} {config.dataset} examples // batch"
+        steps = f"{epoch_steps * epochs} steps ({per_epoch})"
     else:
-        steps = f"steps per epoch unknown until the data is read ({config.dataset}:{i.train_split} is not in the table)"
+        where = f"{config.dataset}:{inputs.train_split}"
+        steps = f"steps per epoch unknown until the data is read ({where} is not in the table)"
     peak = optim.peak_lr(config)
-    rule = f"{config.lr:g} · batch / {o.lr_base_batch}" if o.lr_base_batch else "as given, whatever the batch"
-    warmed = o.warmup_epochs + o.schedule_epoch_offset  # the first training epoch past warmup
-    late = f"; each epoch's rate {o.schedule_epoch_offset} epoch(s) late" if o.schedule_epoch_offset else ""
-    crop = f"random resized crop {tuple(i.crop_scale)} × aspect {tuple(round(r, 3) for r in i.crop_ratio)}"
-    train_aug = [f"{crop} ({i.interpolation})"] + (["hflip"] if i.hflip else [])
-    if i.randaugment_layers:
+    base_batch, offset = optimizer.lr_base_batch, optimizer.schedule_epoch_offset
+    rule = f"{config.lr:g} · batch / {base_batch}" if base_batch else "as given, whatever the batch"
+    warmed = optimizer.warmup_epochs + offset  # the first training epoch past warmup
+    late = f"; each epoch's rate {offset} epoch(s) late" if offset else ""
+    crop = f"random resized crop {tuple(inputs.crop_scale)} × aspect {tuple(round(r, 3) for r in inputs.crop_ratio)}"
+    train_aug = [f"{crop} ({inputs.interpolation})"] + (["hflip"] if inputs.hflip else [])
+    if inputs.randaugment_layers:
         train_aug.append(
-            f"RandAugment n{i.randaugment_layers} m{i.randaugment_magnitude:g} mstd{i.randaugment_std:g} "
-            f"(geometric ops {i.interpolation}{', whole image' if i.token_label_dir else ''})"
+            f"RandAugment n{inputs.randaugment_layers} m{inputs.randaugment_magnitude:g} "
+            f"mstd{inputs.randaugment_std:g} "
+            f"(geometric ops {inputs.interpolation}{', whole image' if inputs.token_label_dir else ''})"
         )
-    if i.token_label_dir:  # the official token-labeling order: the crop last
+    if inputs.token_label_dir:  # the official token-labeling order: the crop last
         train_aug = train_aug[1:] + train_aug[:1]
-    if i.repeated_aug > 1:
-        train_aug.append(f"repeated augmentation ×{i.repeated_aug}")
-    batch_aug = [f"random erasing {a.random_erasing:g}"] if a.random_erasing else []
-    if a.mixup or a.cutmix:
-        groups = f"one draw per {a.mix_group_size} images" if a.mix_group_size else "one draw per batch"
-        mix = f"mixup {a.mixup:g} / cutmix {a.cutmix:g} (switch {a.mix_switch_prob:g}, {groups})"
-        batch_aug.insert(0 if a.erase_after_mix else len(batch_aug), mix)
-    if a.mix_token:
-        boxes = f"one box per {a.mix_group_size} images" if a.mix_group_size else "one box per batch"
+    if inputs.repeated_aug > 1:
+        train_aug.append(f"repeated augmentation ×{inputs.repeated_aug}")
+    batch_aug = [f"random erasing {aug.random_erasing:g}"] if aug.random_erasing else []
+    if aug.mixup or aug.cutmix:
+        groups = f"one draw per {aug.mix_group_size} images" if aug.mix_group_size else "one draw per batch"
+        mix = f"mixup {aug.mixup:g} / cutmix {aug.cutmix:g} (switch {aug.mix_switch_prob:g}, {groups})"
+        batch_aug.insert(0 if aug.erase_after_mix else len(batch_aug), mix)
+    if aug.mix_token:
+        boxes = f"one box per {aug.mix_group_size} images" if aug.mix_group_size else "one box per batch"
         batch_aug.append(f"MixToken ({boxes})")
-    batch_aug.append(f"label smoothing {a.label_smoothing:g}")
-    if o.schedule == "linear":
-        schedule = [f"schedule: linear from {peak:g} to 0 over {epochs} epochs = {steps}; warmup {o.warmup_epochs}"]
+    batch_aug.append(f"label smoothing {aug.label_smoothing:g}")
+    if optimizer.schedule == "linear":
+        schedule = [
+            f"schedule: linear from {peak:g} to 0 over {epochs} epochs = {steps}; warmup {optimizer.warmup_epochs}"
+        ]
     else:
         schedule = [
-            f"schedule: {o.num_epochs} epochs + {o.cooldown_epochs} cooldown = {epochs} epochs = {steps}",
-            f"  warmup {o.warmup_epochs} epochs from {o.warmup_lr:g}{late}; lr at warmup end (epoch {warmed}): "
-            f"{float(optim.epoch_lr(config, warmed)):.4g}; cosine to {o.min_lr:g}",
+            f"schedule: {optimizer.num_epochs} epochs + {optimizer.cooldown_epochs} cooldown = {epochs} epochs = "
+            f"{steps}",
+            f"  warmup {optimizer.warmup_epochs} epochs from {optimizer.warmup_lr:g}{late}; lr at warmup end (epoch "
+            f"{warmed}): {float(optim.epoch_lr(config, warmed)):.4g}; cosine to {optimizer.min_lr:g}",
         ]
     sets = ", ".join(f"{k}{' (optional)' if v.optional else ''}" for k, v in config.evals.items())
     if "img_size" in config.model:
-        resize = int(np.floor(config.model.img_size / i.eval_crop_pct))
+        resize = int(np.floor(config.model.img_size / inputs.eval_crop_pct))
         token_labels = []
-        if a.mix_token or i.token_label_dir:
-            maps = f"maps {i.token_label_dir}" if i.token_label_dir else "no maps (every token learns the image label)"
+        if aug.mix_token or inputs.token_label_dir:
+            no_maps = "no maps (every token learns the image label)"
+            maps = f"maps {inputs.token_label_dir}" if inputs.token_label_dir else no_maps
             token_labels.append(
-                f"token labels: {maps}; map read-out box {i.token_label_box}, cells moved off the image "
-                f"{i.token_label_outside}, target smoothing {a.token_label_smoothing}"
+                f"token labels: {maps}; map read-out box {inputs.token_label_box}, cells moved off the image "
+                f"{inputs.token_label_outside}, target smoothing {aug.token_label_smoothing}"
             )
-        inputs = [
+        input_lines = [
             "augmentation (workers, PIL): " + ", ".join(train_aug),
             "augmentation (accelerator, in order): " + ", ".join(batch_aug),
             *token_labels,
-            f"eval: resize {resize} bicubic, centre crop {config.model.img_size} (crop_pct {i.eval_crop_pct:g}); "
+            f"eval: resize {resize} bicubic, centre crop {config.model.img_size} (crop_pct {inputs.eval_crop_pct:g}); "
             f"sets {sets}",
         ]
     else:  # text
         vocab = config.get("vocab") or ("init_from's" if config.init_from else "the dataset's own")
-        casing = "the vocabulary's saved casing" if i.lower_case is None else f"lower_case {i.lower_case}"
-        casing += f", GPT inputs {i.gpt_format}" if i.get("gpt_format") else ""
-        inputs = [
-            f"text: max_seq_length {i.max_seq_length}, vocabulary {vocab}, {casing}; "
-            f"label smoothing {a.label_smoothing:g}",
+        casing = "the vocabulary's saved casing" if inputs.lower_case is None else f"lower_case {inputs.lower_case}"
+        casing += f", GPT inputs {inputs.gpt_format}" if inputs.get("gpt_format") else ""
+        input_lines = [
+            f"text: max_seq_length {inputs.max_seq_length}, vocabulary {vocab}, {casing}; "
+            f"label smoothing {aug.label_smoothing:g}",
             f"eval sets {sets}",
         ]
-    clip = f", gradient clipping {o.grad_clip_norm:g}" if o.grad_clip_norm else ""
+    clip = f", gradient clipping {optimizer.grad_clip_norm:g}" if optimizer.grad_clip_norm else ""
     bn_groups = config.model.get("bn_group_size")
     bn = f", BatchNorm statistics per {bn_groups} images" if bn_groups else ""
     lines = [
         f"model {config.model.name} ({config.model.dtype}), dataset {config.dataset}, batch {config.batch_size}{bn}",
-        f"AdamW b1 {o.b1:g} b2 {o.b2:g} eps {o.eps:g}, weight decay {o.weight_decay:g}, peak lr {peak:g} ({rule})"
-        + clip,
+        f"AdamW b1 {optimizer.b1:g} b2 {optimizer.b2:g} eps {optimizer.eps:g}, weight decay "
+        f"{optimizer.weight_decay:g}, peak lr {peak:g} ({rule}){clip}",
         *schedule,
-        *inputs[:-1],
+        *input_lines[:-1],
         "eval_only: no training" if config.eval_only else
-        f"EMA {o.ema_decay:g}; best weights by {best_metric(config)}" if o.ema_decay else
+        f"EMA {optimizer.ema_decay:g}; best weights by {best_metric(config)}" if optimizer.ema_decay else
         f"no EMA; best weights by {best_metric(config)}",
-        inputs[-1],
+        input_lines[-1],
     ]  # fmt: skip
     return "\n".join(lines)
 

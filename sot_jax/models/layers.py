@@ -126,10 +126,10 @@ class BatchNorm(nn.Module):
 
 class PatchConv(nn.Module):
     """`nn.Conv` with kernel = stride = `patch` and VALID padding (same parameters and initialization), computed as
-    space-to-depth and a 1×1 convolution. cuDNN runs ViT's 16×16 convolution of 3 channels as an implicit GEMM
-    at about 5% of the bf16 peak (1.0 ms of HVT-S-1's 20 ms train step on an H200); a 1×1 convolution of the
-    768-channel patches is a plain GEMM. As a matmul (einsum) it would be as fast, but XLA then lays the tokens
-    out batch-minor and every transformer block pays for transposes (BENCHMARKS.md, change 6)."""
+    space-to-depth and a 1×1 convolution. cuDNN runs ViT's 16×16 convolution of 3 channels as an implicit GEMM far
+    below the bf16 peak; a 1×1 convolution of the 768-channel patches is a plain GEMM. As a matmul (einsum) it
+    would be as fast, but XLA then lays the tokens out batch-minor and every transformer block pays for transposes
+    (the measurements: BENCHMARKS.md, training throughput)."""
 
     features: int
     patch: int
