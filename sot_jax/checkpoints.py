@@ -201,13 +201,20 @@ def read_metadata(directory: str) -> dict[str, Any]:
         if metadata.get("vocab"):
             metadata["vocab"] = str(path / metadata["vocab"])
         return metadata
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    step, meta = _latest_meta(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
+    if step is None:
+        raise UserError(f"init_from={directory}: no sot_jax model checkpoint or training checkpoint found there")
+    return meta
+
+
+def _latest_meta(root: Path) -> tuple[int | None, dict[str, Any]]:
+    """(step, meta) of the latest training checkpoint under `root`; (None, {}) when there is none."""
     options = ocp.CheckpointManagerOptions(read_only=True)
     manager = ocp.CheckpointManager(root, item_handlers={"meta": ocp.JsonCheckpointHandler()}, options=options)
     step = manager.latest_step() if root.is_dir() else None
     if step is None:
-        raise UserError(f"init_from={directory}: no sot_jax model checkpoint or training checkpoint found there")
-    return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+        return None, {}
+    return step, dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
 
 def resolve_init_from(config: Any) -> tuple[Any, dict[str, Any] | None]:
@@ -252,14 +259,11 @@ def resolve_init_from(config: Any) -> tuple[Any, dict[str, Any] | None]:
 
 def export_model(workdir: str, output: str, ema: bool = False) -> Path:
     """Write the latest checkpoint of the training run in `workdir` as a model checkpoint (what
-    `checkpoints.load_model` reads, for inference or sharing); `ema` takes the EMA weights."""
-    root = Path(workdir).absolute() / "checkpoints"
-    options = ocp.CheckpointManagerOptions(read_only=True)
-    manager = ocp.CheckpointManager(root, item_handlers={"meta": ocp.JsonCheckpointHandler()}, options=options)
-    step = manager.latest_step() if root.is_dir() else None
+    `checkpoints.load_model` reads, for inference or sharing; a text run's class names, casing, GPT input format
+    and tokenizer files go with it); `ema` takes the EMA weights."""
+    step, meta = _latest_meta(Path(workdir).absolute() / "checkpoints")
     if step is None:
         raise UserError(f"{workdir} holds no training checkpoint")
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     variables = read_init_variables(workdir)
     prefix = "ema_" if ema else ""
     if prefix + "params" not in variables:
@@ -271,8 +275,11 @@ def export_model(workdir: str, output: str, ema: bool = False) -> Path:
         overrides = {**config["model"]["overrides"], "img_size": config["image_size"]}
     metadata = {"model": meta["model"], "num_classes": meta["num_classes"], "overrides": overrides,
                 "source": f"{workdir} step {step}" + (" (EMA)" if ema else "")}  # fmt: skip
+    metadata.update({k: meta[k] for k in ("label_names", "lower_case", "gpt_format") if k in meta})
+    vocab = Path(meta["vocab"]) if meta.get("vocab") else None  # a text run's tokenizer files go with it
+    vocabulary_from = str(vocab if vocab.is_dir() else vocab.parent) if vocab else ""
     exported = {"params": variables[prefix + "params"], "batch_stats": variables.get(prefix + "batch_stats", {})}
-    return save_model(output, exported, metadata)
+    return save_model(output, exported, metadata, vocabulary_from)
 
 
 # GPT's token embeddings, which the GPT-1 input format extends by its start, delimiter and extract tokens.

@@ -118,6 +118,10 @@ def test_an_uncased_hf_bert_fine_tunes_with_its_own_tokenizer_architecture_and_s
         train.train_and_evaluate(glue_config(vocab=str(tmp_path / "big_vocab.txt")), tmp_path / "big")
     results = evaluate.evaluate_checkpoint(glue_config(init_from=str(tmp_path / "run1"), eval_only=True))
     assert {"val_top1", "val_mcc", "val_glue"} == set(results)
+    exported = checkpoints.export_model(str(tmp_path / "run1"), str(tmp_path / "exported"))  # brings its tokenizer
+    metadata = checkpoints.read_metadata(str(exported))
+    assert metadata["lower_case"] is True and metadata["label_names"] == ["unacceptable", "acceptable"]
+    assert Path(metadata["vocab"]) == exported / "tokenizer" and (exported / "tokenizer" / "vocab.txt").is_file()
 
 
 def test_glue_without_a_vocabulary_or_prepared_data_says_what_to_do(text_config, tmp_path):
