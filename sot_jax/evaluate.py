@@ -117,20 +117,21 @@ def prediction_metrics(
 ) -> dict[str, float]:
     """`metrics` (`recipes.EVAL_METRICS` names but top5) of predictions against labels, in percent; `glue` is the
     mean of `task_metrics` (the task's GLUE metrics)."""
+    needed = [m for m in metrics if m != "glue"] + (list(task_metrics) if "glue" in metrics else [])
+    counted = {"top1", "mcc", "f1"} & set(needed)  # from the confusion matrix, built once
+    confusion = confusion_matrix(labels, predictions, num_classes) if counted else None
+
     def value(metric: str) -> float:
         if metric in ("pearson", "spearman"):
             return (pearson if metric == "pearson" else spearman)(predictions, labels)
-        confusion = confusion_matrix(labels, predictions, num_classes)
         if metric == "mcc":
             return matthews_corrcoef(confusion)
         if metric == "f1":
             return f1_score(confusion)
         return float(np.trace(confusion) / max(confusion.sum(), 1))  # top1: accuracy
 
-    results = {m: 100 * value(m) for m in metrics if m != "glue"}
-    if "glue" in metrics:
-        results["glue"] = float(np.mean([results.get(m, 100 * value(m)) for m in task_metrics]))
-    return results
+    scores = {m: 100 * value(m) for m in dict.fromkeys(needed)}  # each metric computed once
+    return {m: float(np.mean([scores[t] for t in task_metrics])) if m == "glue" else scores[m] for m in metrics}
 
 
 # --- eval sets --------------------------------------------------------------------------------------------------
@@ -149,7 +150,9 @@ class EvalSet:
     @property
     def predicts(self) -> bool:
         """Scored from predictions on the host (text), else from counts on the device (images)."""
-        return hasattr(self.source, "task")
+        from sot_jax.data import text
+
+        return isinstance(self.source, text.TextSource)
 
 
 def _check_metrics(name: str, metrics: tuple[str, ...], source: Any, num_classes: int) -> None:
@@ -175,7 +178,7 @@ def resolve_evals(config: Any, train_source: Any, num_classes: int) -> list[Eval
     key, metric, dataset or split, or another number of classes, is an error; an unprepared dataset too, unless the
     entry is `optional` (then one warning line, and the set is left out). Text sources other than the training
     one take its class order (`TextSource.use_label_names`)."""
-    from sot_jax.data import pipeline, sources
+    from sot_jax.data import pipeline, sources, text
 
     if "val" not in config.evals and not config.eval_only:
         raise UserError("config.evals needs a 'val' entry (it ranks the best checkpoint)")
@@ -207,7 +210,7 @@ def resolve_evals(config: Any, train_source: Any, num_classes: int) -> list[Eval
             raise UserError(f"evals.{name}: {dataset} has {source.num_classes} classes, the model {num_classes}")
         metrics = tuple(entry.metrics)
         _check_metrics(name, metrics, source, num_classes)
-        if entry.submission and not hasattr(source, "task"):
+        if entry.submission and not isinstance(source, text.TextSource):
             raise UserError(f"evals.{name}: submission files are written for GLUE tasks only, not {dataset}")
         class_mask = pipeline.label_subset(source, split) if entry.label_subset else None
         sets.append(EvalSet(name, source, split, entry.multi_label, class_mask, metrics, entry.submission))

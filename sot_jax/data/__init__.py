@@ -44,9 +44,7 @@ def tokenizer(source: text.TextSource, config: Any, model: Any = None) -> tokeni
                 "(the model's vocab.txt, or a folder with vocab.json + merges.txt or tokenizer.json)"
             )
         vocab = str(brackets.vocab_file(source.builder.data_dir))
-    gpt_format = config.input.get("gpt_format") or "hf"
-    check_choice("input.gpt_format", gpt_format, tokenization.GPT_FORMATS)
-    loaded = _load_tokenizer(vocab, config.input.get("lower_case"), gpt_format)
+    loaded = _load_tokenizer(vocab, config.input.get("lower_case"), _gpt_format(config))
     table = getattr(model, "encoder_config", {}).get("vocab_size")
     if table is not None and loaded.vocab_size > table:
         raise UserError(
@@ -72,9 +70,15 @@ def checkpoint_record(source: sources.Source, config: Any) -> dict[str, Any]:
     if not isinstance(source, text.TextSource):
         return {}
     used = tokenizer(source, config)
-    gpt_format = config.input.get("gpt_format") or "hf"
     return {"label_names": source.label_names, "vocab": used.source, "lower_case": used.lower_case,
-            "gpt_format": gpt_format}  # fmt: skip
+            "gpt_format": _gpt_format(config)}  # fmt: skip
+
+
+def _gpt_format(config: Any) -> str:
+    """`config.input.gpt_format`, "hf" when unset (checked)."""
+    gpt_format = config.input.get("gpt_format") or "hf"
+    check_choice("input.gpt_format", gpt_format, tokenization.GPT_FORMATS)
+    return gpt_format
 
 
 def _is_gpt(model: Any) -> bool:
