@@ -1,13 +1,20 @@
-"""GLUE fine-tuning throughput: sot_jax's BERT-base (SoT text head and HF's pooler head) against HF transformers'
-PyTorch `BertForSequenceClassification` (eager and `torch.compile`), in one run on one GPU.
+"""GLUE fine-tuning throughput: sot_jax's BERT-base (SoT text head and HF's pooler head) and GPT-2 (SoT text head)
+against HF transformers' PyTorch `BertForSequenceClassification` and `GPT2ForSequenceClassification` (eager and
+`torch.compile`), in one run on one GPU.
 
     python bench/text_throughput.py [--batches 32 256] [--steps 20] [--json out.json]
     python bench/text_throughput.py --rows jax:bert_base_sot jax:bert_base_sot:attention_dropout=0 --profile DIR
+    python bench/text_throughput.py --batches 32 --rows jax:gpt2_sot torch:gpt2:eager torch:gpt2:compile
+
+Rows are FRAMEWORK:VARIANT. JAX: MODEL[:KEY=VALUE,...], a text model of `configs/sot_glue.py` (its CoLA recipe) with
+`config.model` overrides. PyTorch: [gpt2:]MODE, MODE eager or compile (BERT without the prefix).
 
 Each row runs in its own process (its own peak memory): synthetic token ids at sequence length 128, every token
 real (no padding), 2 classes, bf16 compute (JAX: `dtype=bfloat16` with float32 parameters; PyTorch: bf16
-autocast), AdamW with gradient clipping at 1.0 (the GLUE recipe: configs/sot_glue.py). Reports sequences/s,
-median over `--steps` timed steps after warm-up.
+autocast), AdamW with gradient clipping at 1.0 and the recipe's dropout (the GLUE recipe: configs/sot_glue.py). GPT
+rows get no `token_type_ids` (as sot_jax's data pipeline gives GPT; HF would embed them with the token embedding);
+HF's GPT-2 classifies the last token (`pad_token_id` 50256, never in the synthetic ids), as sot_jax's GPT heads do.
+Reports sequences/s, median over `--steps` timed steps after warm-up.
 """
 
 from __future__ import annotations
@@ -21,17 +28,26 @@ import time
 import numpy as np
 
 SEQUENCE_LENGTH = 128
-ROWS = (("jax", "bert_base_sot"), ("jax", "bert_base"), ("torch", "eager"), ("torch", "compile"))
+ROWS = (
+    ("jax", "bert_base_sot"), ("jax", "bert_base"), ("torch", "eager"), ("torch", "compile"),
+    ("jax", "gpt2_sot"), ("torch", "gpt2:eager"), ("torch", "gpt2:compile"),
+)  # fmt: skip
+GPT2_PAD_TOKEN = 50256  # GPT-2's <|endoftext|>: HF's sequence classifier needs a pad id to find the last token
 
 
-def synthetic_batch(batch: int) -> dict[str, np.ndarray]:
+def synthetic_batch(batch: int, gpt: bool = False) -> dict[str, np.ndarray]:
+    """Token ids in [1000, 28000) (in both vocabularies, never a pad id), no padding, binary labels; GPT batches have
+    no token_type_ids."""
     rng = np.random.default_rng(0)
-    return {
+    arrays = {
         "input_ids": rng.integers(1000, 28000, (batch, SEQUENCE_LENGTH)).astype(np.int32),
         "attention_mask": np.ones((batch, SEQUENCE_LENGTH), np.int32),
         "token_type_ids": np.zeros((batch, SEQUENCE_LENGTH), np.int32),
         "label": rng.integers(0, 2, batch).astype(np.int32),
     }
+    if gpt:
+        arrays.pop("token_type_ids")
+    return arrays
 
 
 def median_step_seconds(step, steps: int) -> float:
@@ -69,7 +85,7 @@ def jax_row(spec: str, batch: int, steps: int, profile_dir: str | None = None) -
     tx, schedule = optim.make_optimizer(config, abstract.params, total_steps)
     batch_sharding = sharding.batch_sharding(mesh)
     step_fn = train.jit_train_step(model, tx, schedule, config, shardings, batch_sharding)
-    data = sharding.global_batch(synthetic_batch(batch), batch_sharding)
+    data = sharding.global_batch(synthetic_batch(batch, gpt=model_name.startswith("gpt")), batch_sharding)
     holder = {"state": state}
 
     def step():
@@ -80,7 +96,8 @@ def jax_row(spec: str, batch: int, steps: int, profile_dir: str | None = None) -
         step()
     seconds = median_step_seconds(step, steps)
     peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**30
-    row = {"row": f"jax {spec}", "batch": batch, "seq_per_s": batch / seconds, "peak_GiB": peak}
+    row = {"row": f"jax {spec}", "batch": batch, "seq_per_s": batch / seconds, "peak_GiB": peak,
+           "jax": jax.__version__, "device": jax.devices()[0].device_kind}  # fmt: skip
     if profile_dir:
         row["top_kernels_ms"] = profile(step, step_fn.lower(holder["state"], data).compile().as_text(), profile_dir)
     return row
@@ -106,17 +123,28 @@ def profile(step, hlo_text: str, profile_dir: str, steps: int = 3) -> dict:
     return dict(by_op.most_common(25))
 
 
-def torch_row(mode: str, batch: int, steps: int) -> dict:
+def torch_row(variant: str, batch: int, steps: int) -> dict:
+    """`variant` = [gpt2:]MODE: HF's BERT-base (default) or GPT-2 sequence classifier, MODE eager or compile."""
     import torch
     import transformers
 
-    model = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2)).cuda().train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0, fused=True)
-    data = {k: torch.from_numpy(v.astype(np.int64)).cuda() for k, v in synthetic_batch(batch).items()}
+    family, _, mode = variant.rpartition(":")
+    if mode not in ("eager", "compile") or family not in ("", "gpt2"):
+        raise ValueError(f"PyTorch row {variant!r}: [gpt2:]eager or [gpt2:]compile")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a quick check that the row runs
+    if family == "gpt2":  # dropout 0.1 on embeddings, attention and residuals, as configs/sot_glue.py's gpt2
+        config = transformers.GPT2Config(num_labels=2, pad_token_id=GPT2_PAD_TOKEN)
+        model = transformers.GPT2ForSequenceClassification(config)
+    else:
+        model = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2))
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0, fused=device == "cuda")
+    arrays = synthetic_batch(batch, gpt=family == "gpt2")
+    data = {k: torch.from_numpy(v.astype(np.int64)).to(device) for k, v in arrays.items()}
     labels = data.pop("label")
 
     def forward_backward():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             loss = torch.nn.functional.cross_entropy(model(**data).logits.float(), labels)
         loss.backward()
 
@@ -127,14 +155,15 @@ def torch_row(mode: str, batch: int, steps: int) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     for _ in range(3):
         step()
     seconds = median_step_seconds(step, steps)
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    return {"row": f"torch {mode} (HF BertForSequenceClassification)", "batch": batch, "seq_per_s": batch / seconds,
-            "peak_GiB": peak}  # fmt: skip
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+    return {"row": f"torch {mode} (HF {type(model).__name__})", "batch": batch, "seq_per_s": batch / seconds,
+            "peak_GiB": peak, "torch": torch.__version__, "transformers": transformers.__version__}  # fmt: skip
 
 
 def main() -> None:

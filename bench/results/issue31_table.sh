@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# BENCHMARKS.md's one-lease throughput table (issue 31): every vision and text row, sot_jax against the official
+# PyTorch code eager and torch.compile'd, each row in its own process, one after another on one GPU (nothing runs
+# beside a row). Each result is written to STATE as it finishes; a row whose JSON is already in STATE is skipped,
+# so the same command again on the same machine goes on where the last one stopped. A row is left for the next call
+# when its estimated seconds exceed what is left before DEADLINE_SECONDS (later, shorter rows still run).
+# Usage, from the repository root, with the official checkouts and their pinned timm unpacked under REFS:
+#   bench/results/issue31_table.sh STATE_DIR DEADLINE_SECONDS [REFS]
+# REFS (default .refs) holds SoT (jiangtaoxie/SoT), HVT (zhuang-group/HVT), TokenLabeling (zihangJiang/
+# TokenLabeling) and timm_0.3.4, timm_0.3.2, timm_0.4.5 (each wheel unzipped). With $OUT set, STATE's results
+# (rows.jsonl), the log and the device's versions are copied there after every row.
+set -u
+PYTHON=${PYTHON:-python3}
+state=${1:?STATE_DIR}
+deadline=$((SECONDS + ${2:?DEADLINE_SECONDS}))
+refs=$(realpath "${3:-.refs}")
+mkdir -p "$state"
+export PYTHONPATH=.:bench${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+unset XLA_FLAGS
+log=$state/log.txt
+exec > >(tee -a "$log") 2>&1
+
+if [ ! -s "$state/device.txt" ]; then
+  { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    "$PYTHON" -c 'import sys, jax, flax, optax, torch, transformers, timm
+print("python", sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__)
+print("torch", torch.__version__, "transformers", transformers.__version__, "timm (DeiT-S)", timm.__version__)'
+  } >"$state/device.txt" 2>&1
+fi
+echo "=== call at $(date -u +%T), deadline in $((deadline - SECONDS)) s"
+
+publish() {  # the results so far, in the rows' order, to $OUT (what comes back even when the call times out)
+  [ -n "${OUT:-}" ] || return 0
+  : >"$OUT/rows.jsonl"
+  for name in "${order[@]}"; do [ -s "$state/$name.json" ] && cat "$state/$name.json" >>"$OUT/rows.jsonl"; done
+  cp "$state/device.txt" "$log" "$OUT/" 2>/dev/null
+  tail -n 40 "$state"/*.err >"$OUT/stderr_tails.txt" 2>/dev/null
+  return 0
+}
+
+order=()
+run() {  # NAME ESTIMATE TIMEOUT COMMAND...: the command's last JSON line (RESULT prefix dropped) to STATE/NAME.json
+  local name=$1 estimate=$2 limit=$3
+  shift 3
+  [ -s "$state/$name.json" ] && return
+  local left=$((deadline - SECONDS))
+  if [ "$estimate" -gt "$left" ]; then echo "$name: left for the next call (estimate ${estimate} s, ${left} s left)"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local start=$SECONDS
+  timeout "$limit" env "$@" >"$state/$name.out" 2>"$state/$name.err"
+  local rc=$?
+  local line
+  line=$(grep -E '^(RESULT )?\{' "$state/$name.out" | tail -1 | sed 's/^RESULT //')
+  if [ "$rc" -eq 0 ] && [ -n "$line" ]; then
+    python3 -c 'import json, sys; row = json.loads(sys.argv[1]); row.update(variant=sys.argv[2], \
+wall_s=int(sys.argv[3]), finished=sys.argv[4]); print(json.dumps(row))' \
+      "$line" "$name" "$((SECONDS - start))" "$(date -u +%T)" >"$state/$name.json"
+    echo "$name: $((SECONDS - start)) s: $(head -c 300 "$state/$name.json")"
+  else
+    echo "$name: failed rc=$rc after $((SECONDS - start)) s: $(grep -E 'Error|error' "$state/$name.err" | tail -2)"
+  fi
+  publish
+}
+
+row() {  # NAME ESTIMATE TIMEOUT COMMAND...: queued in order (the table's order of importance)
+  order+=("$1")
+  run "$@"
+}
+
+jax_vision() {  # NAME ESTIMATE TIMEOUT MODEL [ARGS...]: the full sot_jax train step, batch 256
+  local name=$1 estimate=$2 limit=$3 model=$4
+  shift 4
+  row "$name" "$estimate" "$limit" "$PYTHON" bench/train_throughput.py --one "$model" --batch 256 --steps 10 --no-eval "$@"
+}
+
+torch_vision() {  # NAME ESTIMATE TIMEOUT REFERENCE REPO TIMM [--compile]: bench/torch_reference.py, batch 256
+  local name=$1 estimate=$2 limit=$3 reference=$4 repo=$5 timm=$6
+  shift 6
+  local official=()
+  [ -n "$repo" ] && official=(--official-repo "$refs/$repo")
+  row "$name" "$estimate" "$limit" ${timm:+PYTHONPATH=$refs/$timm:$PYTHONPATH} "$PYTHON" bench/torch_reference.py \
+    --model "$reference" "${official[@]}" --batch 256 --steps 10 "$@"
+}
+
+text() {  # NAME ESTIMATE TIMEOUT FRAMEWORK VARIANT BATCH [ARGS...]: bench/text_throughput.py, seq 128
+  local name=$1 estimate=$2 limit=$3
+  shift 3
+  row "$name" "$estimate" "$limit" "$PYTHON" bench/text_throughput.py --one "$1" "$2" "$3" --steps 10 "${@:4}"
+}
+
+jax_vision deit_s_jax 45 150 deit_small_patch16_224 --profile "$state/profile_deit_s"
+torch_vision deit_s_torch_eager 40 150 deit_small_patch16_224 "" ""
+torch_vision deit_s_torch_compile 100 300 deit_small_patch16_224 "" "" --compile
+jax_vision sot_small_jax 140 300 sot_small
+torch_vision sot_small_torch_eager 50 150 SoT_Small SoT timm_0.3.4
+torch_vision sot_small_torch_compile 120 300 SoT_Small SoT timm_0.3.4 --compile
+text bert_b256_jax 80 240 jax bert_base_sot 256 --profile "$state/profile_bert_b256"
+text bert_b256_torch_eager 40 150 torch eager 256
+text bert_b256_torch_compile 90 300 torch compile 256
+text bert_b32_jax 60 200 jax bert_base_sot 32
+text bert_b32_torch_eager 30 150 torch eager 32
+text bert_b32_torch_compile 90 300 torch compile 32
+text gpt2_b32_jax 60 200 jax gpt2_sot 32
+text gpt2_b32_torch_eager 30 150 torch gpt2:eager 32
+text gpt2_b32_torch_compile 90 300 torch gpt2:compile 32
+jax_vision hvt_s_1_jax 45 150 hvt_s_1
+torch_vision hvt_s_1_torch_eager 40 150 hvt_s_1 HVT timm_0.3.2
+torch_vision hvt_s_1_torch_compile 100 300 hvt_s_1 HVT timm_0.3.2 --compile
+jax_vision lvvit_s_jax 70 200 lvvit_s
+torch_vision lvvit_s_torch_eager 45 150 lvvit_s TokenLabeling timm_0.4.5
+torch_vision lvvit_s_torch_compile 120 300 lvvit_s TokenLabeling timm_0.4.5 --compile
+jax_vision sot_tiny_jax 140 300 sot_tiny
+torch_vision sot_tiny_torch_eager 45 150 SoT_Tiny SoT timm_0.3.4
+torch_vision sot_tiny_torch_compile 120 300 SoT_Tiny SoT timm_0.3.4 --compile
+jax_vision sot_base_jax 160 320 sot_base
+torch_vision sot_base_torch_eager 55 150 SoT_Base SoT timm_0.3.4
+torch_vision sot_base_torch_compile 130 300 SoT_Base SoT timm_0.3.4 --compile
+row matmul_peak 20 90 "$PYTHON" bench/train_throughput.py --peak
+# Extra rows (levers), predictions in BENCHMARKS.md written before the run.
+text bert_b256_jax_attention_dropout0 70 240 jax bert_base_sot:attention_dropout=0 256
+row bert_b256_jax_rbg 70 240 JAX_DEFAULT_PRNG_IMPL=rbg "$PYTHON" bench/text_throughput.py --one jax bert_base_sot 256 \
+  --steps 10
+echo "=== call done at $(date -u +%T), $((deadline - SECONDS)) s before the deadline"
+publish
