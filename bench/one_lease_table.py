@@ -1,0 +1,91 @@
+"""BENCHMARKS.md's one-lease table from `bench/results/issue31_table.sh`'s rows (its STATE/rows.jsonl):
+
+    python bench/one_lease_table.py bench/results/one_lease_DATE_GPU.jsonl
+
+Prints one Markdown row per model: sot_jax's number, PyTorch eager and compiled, and the ratio to the faster
+PyTorch number; vision rows also the step's GFLOP per image and MFU (against the matmul peak measured in the same
+lease), rows not measured left blank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+# table row -> the variant prefix of its rows in rows.jsonl (PREFIX_jax, PREFIX_torch_eager, PREFIX_torch_compile)
+VISION = {
+    "DeiT-S (deit_small_patch16_224)": "deit_s",
+    "sot_small": "sot_small",
+    "HVT-S-1": "hvt_s_1",
+    "LV-ViT-S": "lvvit_s",
+    "sot_tiny": "sot_tiny",
+    "sot_base": "sot_base",
+}
+TEXT = {
+    "BERT-base + SoT, batch 256": "bert_b256",
+    "BERT-base + SoT, batch 32": "bert_b32",
+    "GPT-2 + SoT, batch 32": "gpt2_b32",
+}
+EXTRA = {
+    "BERT-base + SoT, batch 256, `attention_dropout=0`": "bert_b256_jax_attention_dropout0",
+    "BERT-base + SoT, batch 256, `JAX_DEFAULT_PRNG_IMPL=rbg`": "bert_b256_jax_rbg",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rows", help="rows.jsonl of bench/results/issue31_table.sh")
+    args = parser.parse_args()
+    rows = {}
+    with open(args.rows) as f:
+        for line in f:
+            row = json.loads(line)
+            rows[row["variant"]] = row
+    peak = rows.get("matmul_peak", {}).get("peak")
+
+    def cell(value, form="{:,.0f}"):
+        return form.format(value) if value is not None else "not measured"
+
+    print("| model (batch 256) | sot_jax img/s (step ms) | GFLOP / img / step | MFU | peak GiB | PyTorch eager | "
+          "PyTorch compiled | vs best PyTorch |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    for label, key in VISION.items():
+        jax_row = rows.get(f"{key}_jax", {})
+        eager = rows.get(f"{key}_torch_eager", {}).get("train_img_s")
+        compiled = rows.get(f"{key}_torch_compile", {}).get("train_img_s")
+        speed = jax_row.get("train_img_s")
+        best = max(filter(None, [eager, compiled]), default=None)
+        flop = jax_row.get("step_tflop")
+        cells = [
+            label,
+            f"{speed:,.0f} ({jax_row['step_ms']:.1f})" if speed else "not measured",
+            f"{1e3 * flop / jax_row['batch']:.1f}" if flop else "",
+            f"{jax_row['achieved_tflops'] / peak:.1%}" if flop and peak else "",
+            cell(jax_row.get("peak_gib"), "{:.1f}"),
+            cell(eager),
+            cell(compiled),
+            f"**{speed / best:.2f}×**" if speed and best else "",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    print("\n| text model (seq 128) | sot_jax seq/s | peak GiB | HF eager | HF compiled | vs best PyTorch |\n"
+          "|---|---|---|---|---|---|")  # fmt: skip
+    for label, key in TEXT.items():
+        jax_row = rows.get(f"{key}_jax", {})
+        eager = rows.get(f"{key}_torch_eager", {}).get("seq_per_s")
+        compiled = rows.get(f"{key}_torch_compile", {}).get("seq_per_s")
+        speed = jax_row.get("seq_per_s")
+        best = max(filter(None, [eager, compiled]), default=None)
+        cells = [label, cell(speed), cell(jax_row.get("peak_GiB"), "{:.1f}"), cell(eager), cell(compiled)]
+        cells.append(f"**{speed / best:.2f}×**" if speed and best else "")
+        print("| " + " | ".join(cells) + " |")
+    base = rows.get("bert_b256_jax", {}).get("seq_per_s")
+    print("\n| extra row | sot_jax seq/s | vs the default BERT b256 row |\n|---|---|---|")
+    for label, key in EXTRA.items():
+        speed = rows.get(key, {}).get("seq_per_s")
+        change = f"{speed / base - 1:+.1%}" if speed and base else ""
+        print(f"| {label} | {cell(speed)} | {change} |")
+    if peak:
+        print(f"\nbf16 matmul peak measured in the lease: {peak:.0f} TFLOP/s ({rows['matmul_peak'].get('device')})")
+
+
+if __name__ == "__main__":
+    main()
