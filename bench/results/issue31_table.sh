@@ -94,7 +94,7 @@ torch_vision deit_s_torch_compile 100 300 deit_small_patch16_224 "" "" --compile
 jax_vision sot_small_jax 140 300 sot_small
 torch_vision sot_small_torch_eager 50 150 SoT_Small SoT timm_0.3.4
 torch_vision sot_small_torch_compile 120 300 SoT_Small SoT timm_0.3.4 --compile
-text bert_b256_jax 80 240 jax bert_base_sot 256 --profile "$state/profile_bert_b256"
+text bert_b256_jax 70 240 jax bert_base_sot 256
 text bert_b256_torch_eager 40 150 torch eager 256
 text bert_b256_torch_compile 90 300 torch compile 256
 text bert_b32_jax 60 200 jax bert_base_sot 32
