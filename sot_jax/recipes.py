@@ -154,17 +154,6 @@ def model_overrides(model_config: ml_collections.ConfigDict) -> dict:
     return {k: v for k, v in model_config.items() if k != "name" and v is not None}
 
 
-def build_model(model_config: ml_collections.ConfigDict, num_classes: int):
-    """The model `config.model` describes (`models.create_model`, the same checks and messages)."""
-    import jax.numpy as jnp
-
-    from sot_jax import models
-
-    check_choice("model.dtype", model_config.dtype, ("float32", "bfloat16"))
-    overrides = {**model_overrides(model_config), "dtype": jnp.dtype(model_config.dtype)}
-    return models.create_model(model_config.name, num_classes=num_classes, **overrides)
-
-
 def unknown_variant(variant: str, variants) -> UserError:
     return UserError(f"unknown config variant {variant!r}; choose one of {', '.join(variants)}")
 

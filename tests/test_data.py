@@ -78,12 +78,12 @@ def test_training_from_tfds_or_folders_never_imports_tensorflow(tiny_imagenet, t
     root = write_image_folders(tmp_path / "folders", per_class=2, val=1)
     script = (
         "import sys\n"
-        "from sot_jax import recipes, train\n"
+        "from sot_jax import experiment, recipes, train\n"
         f"for name, data_dir in (('imagenet2012', {tiny_imagenet!r}), ('folder', {str(root)!r})):\n"
         "    config = recipes.digits_demo(recipes.base_config(), 'deit_tiny_patch16_224', embed_dim=16, depth=1)\n"
         "    config.dataset, config.data_dir, config.batch_size, config.total_steps = name, data_dir, 2, 1\n"
         "    config.input.workers = 0\n"
-        f"    train.train_and_evaluate(config, {str(tmp_path)!r} + '/' + name)\n"
+        f"    train.train_and_evaluate(experiment.build(config), {str(tmp_path)!r} + '/' + name)\n"
         "print('tensorflow' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)

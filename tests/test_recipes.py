@@ -224,7 +224,8 @@ def test_erasing_runs_after_or_before_mixing(erase_after_mix):
     aug.update({"random_erasing": 1.0, "mixup": 0.8, "cutmix": 0.0, "mix_group_size": 2})
     aug.erase_after_mix = erase_after_mix
     batch = {"image": jnp.zeros((64, 16, 16, 3), jnp.uint8), "label": jnp.zeros(64, jnp.int32)}
-    inputs, _, _ = train.augment_images(jax.random.key(0), batch, SimpleNamespace(num_classes=10), aug)
+    model = SimpleNamespace(num_classes=10)
+    inputs, _, _ = train.augment_images(jax.random.key(0), batch, model, train.Augmentation(**aug))
     deviation = np.asarray(inputs["images"] - augment.normalize(batch["image"]))
     stds = [np.std(d[np.abs(d) > 0]) for d in deviation]
     # Erased after mixing, each image holds one box of N(0, 1) pixels; erased before, the boxes blend with λ.

@@ -218,12 +218,15 @@ def text_eval_batches(
     global_batch: int,
     process_index: int = 0,
     process_count: int = 1,
+    token_types: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Every example of `split` once, in stored order, in whole global batches (each process its contiguous
     slice of each), as `text_train_batches` plus `mask` int32 (0 on padding). Padding rows repeat the split's
     first example (a valid input: a row without any attended token could give NaN logits) with label 0."""
     local = _local_batch(global_batch, process_count)
-    arrays = source.encoded(split, tokenizer, max_seq_length)
+    arrays = dict(source.encoded(split, tokenizer, max_seq_length))
+    if not token_types:
+        arrays.pop("token_type_ids")
     count = len(arrays["label"])
     total = math.ceil(count / global_batch) * global_batch
     mask = (np.arange(total) < count).astype(np.int32)
