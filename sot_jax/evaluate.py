@@ -140,7 +140,7 @@ def prediction_metrics(
 @dataclasses.dataclass
 class EvalSet:
     name: str
-    source: Any  # data.sources.Source
+    source: Any  # data.source_base.Source
     split: str
     multi_label: bool
     class_mask: np.ndarray | None
@@ -178,7 +178,7 @@ def resolve_evals(config: Any, train_source: Any, num_classes: int) -> list[Eval
     key, metric, dataset or split, or another number of classes, is an error; an unprepared dataset too, unless the
     entry is `optional` (then one warning line, and the set is left out). Text sources other than the training
     one take its class order (`TextSource.use_label_names`)."""
-    from sot_jax.data import pipeline, sources, text
+    from sot_jax.data import pipeline, source_base, sources, text
 
     if "val" not in config.evals and not config.eval_only:
         raise UserError("config.evals needs a 'val' entry (it ranks the best checkpoint)")
@@ -198,7 +198,7 @@ def resolve_evals(config: Any, train_source: Any, num_classes: int) -> list[Eval
                     source.use_label_names(train_source.label_names)
             split = entry.split or source.eval_split
             source.num_examples(split)  # an unknown split or an unreadable folder stops here
-        except sources.DatasetNotReadyError as e:
+        except source_base.DatasetNotReadyError as e:
             if not entry.optional:
                 raise UserError(f"evals.{name}: {e}") from None
             if jax.process_index() == 0:

@@ -17,7 +17,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from sot_jax.data import brackets, digits, pipeline, sources, text, tokenization, transforms
+from sot_jax.data import brackets, digits, pipeline, source_base, sources, text, tokenization, transforms
 from sot_jax.errors import UserError, check_choice
 
 __all__ = [
@@ -54,7 +54,7 @@ def tokenizer(source: text.TextSource, config: Any, model: Any = None) -> tokeni
     return loaded
 
 
-def use_checkpoint_classes(source: sources.Source, metadata: dict[str, Any] | None) -> None:
+def use_checkpoint_classes(source: source_base.Source, metadata: dict[str, Any] | None) -> None:
     """A text source labels its examples in a checkpoint's class order when the checkpoint has a trained
     classifier with class names (a converted HF model's id2label, a fine-tuned run's): MNLI's order differs
     between TFDS and HF, for instance."""
@@ -64,7 +64,7 @@ def use_checkpoint_classes(source: sources.Source, metadata: dict[str, Any] | No
             source.use_label_names(names)
 
 
-def checkpoint_record(source: sources.Source, config: Any) -> dict[str, Any]:
+def checkpoint_record(source: source_base.Source, config: Any) -> dict[str, Any]:
     """What a text run's checkpoints record to be used again (`checkpoints.resolve_init_from`): the class names in
     the model's order, the vocabulary and the casing it was trained with."""
     if not isinstance(source, text.TextSource):
@@ -98,7 +98,7 @@ def _process() -> dict[str, int]:
     return {"process_index": shard.shard_index, "process_count": shard.shard_count}
 
 
-def train_batches(source: sources.Source, config: Any, model: Any, start_step: int) -> pipeline.TrainBatches:
+def train_batches(source: source_base.Source, config: Any, model: Any, start_step: int) -> pipeline.TrainBatches:
     """This process's training batches from `start_step` on, images or text depending on the source."""
     process = _process()
     if isinstance(source, text.TextSource):
@@ -114,7 +114,7 @@ def train_batches(source: sources.Source, config: Any, model: Any, start_step: i
 
 
 def eval_batches(
-    source: sources.Source, split: str, config: Any, model: Any, multi_label: bool = False
+    source: source_base.Source, split: str, config: Any, model: Any, multi_label: bool = False
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's slices of every example of `split` once, padded to whole global batches (`mask`)."""
     process = _process()
