@@ -137,7 +137,7 @@ class EvalSet:
     example once, with the set's own batch size, crop or tokenizer), and what is scored."""
 
     name: str
-    source: Any  # data.sources.Source
+    source: Any  # data.source_base.Source
     split: str
     batches: Callable[[], Iterator[dict[str, np.ndarray]]]
     class_mask: np.ndarray | None
@@ -175,7 +175,7 @@ def resolve_evals(
     entry is `optional` (then one warning line, and the set is left out). Text sources other than the training
     one take its class order (`TextSource.use_label_names`). `make_batches(source, split, multi_label)` gives a
     set's batch factory."""
-    from sot_jax.data import pipeline, sources
+    from sot_jax.data import pipeline, source_base, sources
 
     if "val" not in config.evals and not config.eval_only:
         raise UserError("config.evals needs a 'val' entry (it ranks the best checkpoint)")
@@ -195,7 +195,7 @@ def resolve_evals(
                     source.use_label_names(train_source.label_names)
             split = entry.split or source.eval_split
             source.num_examples(split)  # an unknown split or an unreadable folder stops here
-        except sources.DatasetNotReadyError as e:
+        except source_base.DatasetNotReadyError as e:
             if not entry.optional:
                 raise UserError(f"evals.{name}: {e}") from None
             if jax.process_index() == 0:

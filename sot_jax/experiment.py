@@ -21,7 +21,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from sot_jax import checkpoints, data, evaluate, models, optim, recipes, sharding, token_labels, train
-from sot_jax.data import label_maps, pipeline, sources
+from sot_jax.data import label_maps, pipeline, source_base, sources
 from sot_jax.errors import UserError, check_choice, group_count
 
 
@@ -146,7 +146,7 @@ class Experiment:
     names and tokenizer, and the config)."""
 
     trainer: Trainer
-    source: sources.Source
+    source: source_base.Source
     tokenizer: data.tokenization.Tokenizer | None  # a text source's
     train_batches: Callable[[int], Iterator[dict[str, np.ndarray]]]
     eval_sets: list[evaluate.EvalSet]

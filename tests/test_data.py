@@ -12,7 +12,7 @@ from conftest import ROOT
 from PIL import Image
 
 from sot_jax import recipes
-from sot_jax.data import pipeline, sources
+from sot_jax.data import pipeline, source_base, sources
 from sot_jax.errors import UserError
 
 
@@ -118,7 +118,7 @@ def test_evaluation_sees_every_example_exactly_once(digits_dir, tiny_config):
 
 def test_missing_unknown_and_tfrecord_datasets_say_what_to_do(tmp_path):
     command = f"python -m sot_jax.prepare imagenet2012 --data_dir={tmp_path} --manual_dir="
-    with pytest.raises(sources.DatasetNotReadyError, match=command):
+    with pytest.raises(source_base.DatasetNotReadyError, match=command):
         sources.get_source("imagenet2012", str(tmp_path))
     import tensorflow_datasets as tfds
 
@@ -126,7 +126,7 @@ def test_missing_unknown_and_tfrecord_datasets_say_what_to_do(tmp_path):
 
     tfds.builder("digits", data_dir=str(tmp_path)).download_and_prepare()  # TFRecord, TFDS's default
     command = f"python -m sot_jax.prepare digits --data_dir={tmp_path}"
-    with pytest.raises(sources.DatasetNotReadyError, match=f"TFRecord only.*{command}"):
+    with pytest.raises(source_base.DatasetNotReadyError, match=f"TFRecord only.*{command}"):
         sources.get_source("digits", str(tmp_path), prepare_embedded=False)
     assert sources.get_source("digits", str(tmp_path)).num_examples("train") > 0  # embedded: converted on first use
     with pytest.raises(ValueError, match="unknown dataset 'imagenet2013'"):

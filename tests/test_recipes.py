@@ -341,9 +341,9 @@ def test_dry_run_prints_the_recipe_without_data_or_workdir(tmp_path):
 
 def test_every_create_model_keyword_is_a_config_key():
     """`--config.model.KEY` reaches every keyword of `create_model` (vision) and `create_text_model` (text)."""
-    from sot_jax.models import registry, text
+    from sot_jax.models import factory, text
 
-    assert set(registry.OPTIONS) <= set(recipes.base_config().model)
+    assert set(factory.OPTIONS) <= set(recipes.base_config().model)
     for variant in ("bert_base_sot,cola", "demo"):
         assert set(text.TEXT_OPTIONS) <= set(load_config("configs/sot_glue.py", variant).model)
     assert set(text.OPTION_TYPES) == set(text.TEXT_OPTIONS) - {"dtype"}  # one type per option

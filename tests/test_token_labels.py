@@ -13,7 +13,7 @@ from PIL import Image
 from test_label_maps import loop_roi_align
 
 from sot_jax import augment, experiment, models, recipes, token_labels, train
-from sot_jax.data import label_maps, pipeline, randaugment, sources, transforms
+from sot_jax.data import label_maps, pipeline, randaugment, source_base, sources, transforms
 
 
 def official_rand_bbox(lam, cy, cx, rows, cols):
@@ -372,7 +372,7 @@ def test_a_tiny_lvvit_run_trains_on_token_label_maps(tiny_imagenet, tiny_config,
     from sot_jax import convert_labels
 
     records = sources.get_source("imagenet2012", tiny_imagenet).records("train")
-    names = [sources.as_text(records[i]["file_name"]).rsplit(".", 1)[0] for i in range(len(records))]
+    names = [source_base.as_text(records[i]["file_name"]).rsplit(".", 1)[0] for i in range(len(records))]
     by_class = {}
     for name in names:
         by_class.setdefault(name.split("_")[0], []).append(name)

@@ -1,7 +1,8 @@
-"""The input side of training: sources (`sources`: TFDS, image folders; `text`: GLUE, whose tasks `glue` lists, and
-the embedded `brackets`), the Grain image pipeline (`pipeline`) and its PIL transforms (`transforms`,
-`randaugment`, `label_maps`), the tokenizers (`tokenization`) and text batches (`text`), and the embedded datasets
-(`digits`, `brackets`; their TFDS builders are in `tfds_builders`).
+"""The input side of training: sources (`source_base`: their interface and prepared TFDS; `sources`: every source by
+name, TFDS, image folders; `text`: GLUE, whose tasks `glue` lists, and the embedded `brackets`), the Grain image
+pipeline (`pipeline`) and its PIL transforms (`transforms`, `randaugment`, `label_maps`), the tokenizers
+(`tokenization`) and text batches (`text`), and the embedded datasets (`digits`, `brackets`; their TFDS builders are
+in `tfds_builders`).
 
 Every function takes resolved values (image size, crop, batch, tokenizer), never the config or the model:
 `experiment.build` resolves them. Here: `model_inputs` (a batch as the model's keyword inputs), `process_shard`
@@ -17,10 +18,10 @@ from typing import Any
 import grain
 
 from sot_jax import augment
-from sot_jax.data import brackets, digits, pipeline, sources, text, tokenization, transforms
+from sot_jax.data import brackets, digits, pipeline, source_base, sources, text, tokenization, transforms
 from sot_jax.errors import UserError, check_choice
 
-__all__ = ["brackets", "digits", "pipeline", "sources", "text", "tokenization", "transforms"]
+__all__ = ["brackets", "digits", "pipeline", "source_base", "sources", "text", "tokenization", "transforms"]
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -68,7 +69,7 @@ def load_tokenizer(
     return loaded
 
 
-def use_checkpoint_classes(source: sources.Source, metadata: dict[str, Any] | None) -> None:
+def use_checkpoint_classes(source: source_base.Source, metadata: dict[str, Any] | None) -> None:
     """A text source labels its examples in a checkpoint's class order when the checkpoint has a trained
     classifier with class names (a converted HF model's id2label, a fine-tuned run's): MNLI's order differs
     between TFDS and HF, for instance."""

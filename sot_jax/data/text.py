@@ -4,7 +4,7 @@
     source = get_text_source("glue/cola", data_dir)
     batches = text_train_batches(source, tokenizer, max_seq_length=128, seed=42, global_batch=32, start_step=0)
 
-Sources are `TextSource`s (a `sources.Source` whose splits are tokenized once, in Python, and cached): GLUE's
+Sources are `TextSource`s (a `source_base.Source` whose splits are tokenized once, in Python, and cached): GLUE's
 classification tasks from TFDS (`glue/cola`, ...; `python -m sot_jax.prepare glue/cola --data_dir=DIR`) and the
 embedded `brackets` corpus (`sot_jax.data.brackets`, prepared on first use). Labels follow TFDS's class order
 (`source.label_names`; MNLI: entailment, neutral, contradiction, which differs from HF's GLUE processors).
@@ -20,7 +20,7 @@ import numpy as np
 
 from sot_jax.data import brackets, pipeline
 from sot_jax.data.glue import GLUE_TASKS, TextTask
-from sot_jax.data.sources import Source, TfdsRecords, as_text, tfds_builder
+from sot_jax.data.source_base import Source, TfdsRecords, as_text, tfds_builder
 from sot_jax.data.tokenization import Tokenizer, check_unknown_rate, encode
 from sot_jax.errors import UserError, check_choice
 
