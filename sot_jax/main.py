@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax reports every save at INFO
     config = _CONFIG.value
-    if config.dry_run:  # the resolved recipe, before any data, device or workdir is touched
+    if config.dry_run:  # the resolved recipe; no device, workdir or preparing (only the training split's size)
         from sot_jax import recipes
 
         print(recipes.describe(config))

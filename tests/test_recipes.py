@@ -321,22 +321,28 @@ def test_configs_carry_the_official_data_choices():
             recipes.best_metric(config)
 
 
-def test_dry_run_prints_the_recipe_without_data_or_workdir(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "sot_jax.main", "--config=configs/sot_deit.py:sot_small", "--config.dry_run=True",
-         f"--config.data_dir={tmp_path / 'absent'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+def test_dry_run_prints_the_recipe_without_data_or_workdir(digits_dir, tmp_path):
+    def dry_run(*args):
+        result = subprocess.run(
+            [sys.executable, "-m", "sot_jax.main", "--config=configs/sot_deit.py:sot_small", "--config.dry_run=True",
+             *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    out = dry_run(f"--config.data_dir={tmp_path / 'absent'}")
     expected = (
-        "300 epochs + 10 cooldown = 310 epochs = 387810 steps (1251 per epoch", "peak lr 0.001",
-        "lr at warmup end (epoch 5): 0.0009993", "RandAugment n2 m9 mstd0.5", "random erasing 0.25",
+        "300 epochs + 10 cooldown = 310 epochs = steps per epoch unknown until imagenet2012:train is prepared",
+        "peak lr 0.001", "lr at warmup end (epoch 5): 0.0009993", "RandAugment n2 m9 mstd0.5", "random erasing 0.25",
         "mixup 0.8 / cutmix 1", "EMA 0.99996; best weights by ema_val_top1", "resize 256 bicubic",
     )  # fmt: skip
     for line in expected:
         assert line in out, out
     assert not (tmp_path / "absent").exists()
+    # The steps follow from the prepared source's size (the embedded digits: 1,438 training images).
+    out = dry_run("--config.dataset=digits", f"--config.data_dir={digits_dir}", "--config.batch_size=64")
+    assert "310 epochs = 6820 steps (22 per epoch: 1,438 digits examples // batch)" in out, out
 
 
 def test_every_create_model_keyword_is_a_config_key():

@@ -17,15 +17,16 @@ from sot_jax.models.layers import attention_implementation, remat_policy
 from sot_jax.models.registry import TEXT_MODELS, get_spec
 from sot_jax.models.vision_transformer import VisionTransformer, hvt_pooled_lengths
 
-# create_model's keywords: the trunk's options, the stem's (taken by the stems whose `ModelSpec.stem_options` name
-# them, ignored by the others), then the head's (`heads.HEAD_OPTIONS`); the same names are the `config.model` keys
-# of the trainer.
-BACKBONE_OPTIONS = (
-    "img_size", "drop_path_rate", "dropout", "dtype", "embed_dim", "depth", "num_heads", "mlp_hidden",
-    "pool_block_width", "attention", "remat",
-)  # fmt: skip
-STEM_OPTIONS = ("bn_group_size",)
-OPTIONS = (*BACKBONE_OPTIONS, *STEM_OPTIONS, *HEAD_OPTIONS)
+# create_model's keywords and their types: the trunk's options, the stem's (taken by the stems whose
+# `ModelSpec.stem_options` name them, ignored by the others), then the head's (`heads.HEAD_OPTIONS`). The trainer's
+# `config.model` has a key of the same name and type for each (`recipes.base_config`); dtype is a name there.
+BACKBONE_OPTIONS = {
+    "img_size": int, "drop_path_rate": float, "dropout": float, "dtype": str, "embed_dim": int, "depth": int,
+    "num_heads": int, "mlp_hidden": int, "pool_block_width": int, "attention": str, "remat": str,
+}  # fmt: skip
+STEM_OPTIONS = {"bn_group_size": int}
+OPTION_TYPES = {**BACKBONE_OPTIONS, **STEM_OPTIONS, **HEAD_OPTIONS}
+OPTIONS = tuple(OPTION_TYPES)
 
 
 def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> VisionTransformer | text.TextModel:

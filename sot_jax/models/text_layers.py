@@ -72,9 +72,9 @@ def attend(
 
 @jax.custom_vjp
 def embedding_lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
-    """Rows `ids` of `table`; the gradient is one scatter-add that XLA may not fuse with what produces it. (Fused
-    into the backward pass's last elementwise ops, the scatter of BERT-base's three embeddings took 130–170 ms of
-    a 210 ms step on an H200; alone it takes under 0.5 ms: bench/embedding_backward.py.)"""
+    """Rows `ids` of `table`; the gradient is one scatter-add that XLA may not fuse with what produces it: fused into
+    the backward pass's last elementwise ops, that scatter ran many times slower than alone (BENCHMARKS.md, change
+    T1; bench/embedding_backward.py)."""
     return jnp.take(table, ids, axis=0)
 
 
