@@ -182,7 +182,8 @@ def build(config: Any) -> Experiment:
 
     # Input: this process's training batches from a step on, and a batch factory per eval set.
     shard = data.process_shard()
-    eval_batch = config.eval_batch_size or config.batch_size
+    seed, batch_size, train_split = config.seed, config.batch_size, config.input.train_split
+    eval_batch = config.eval_batch_size or batch_size
     record, tokenizer = {}, None
     if isinstance(source, data.text.TextSource):
         gpt_format = config.input.get("gpt_format") or "hf"
@@ -196,8 +197,8 @@ def build(config: Any) -> Experiment:
 
         def train_batches(start_step: int) -> Iterator[dict[str, np.ndarray]]:
             return data.text.text_train_batches(
-                source, tokenizer, seed=config.seed, global_batch=config.batch_size, start_step=start_step,
-                split=config.input.train_split, **text_options,
+                source, tokenizer, seed=seed, global_batch=batch_size, start_step=start_step, split=train_split,
+                **text_options,
             )  # fmt: skip
 
         def eval_batches(eval_source: Any, split: str, multi_label: bool) -> Callable[[], Iterator]:
@@ -206,12 +207,12 @@ def build(config: Any) -> Experiment:
             )
 
     else:
-        input_config = config.input
+        input_config, group_size = config.input.copy_and_resolve_references(), config.aug.mix_group_size
 
         def train_batches(start_step: int) -> Iterator[dict[str, np.ndarray]]:
             return pipeline.train_batches(
-                source, input_config, image_size=model.img_size, seed=config.seed, global_batch=config.batch_size,
-                start_step=start_step, group_size=config.aug.mix_group_size, token_grid=model.grid, **shard,
+                source, input_config, image_size=model.img_size, seed=seed, global_batch=batch_size,
+                start_step=start_step, group_size=group_size, token_grid=model.grid, **shard,
             )  # fmt: skip
 
         def eval_batches(eval_source: Any, split: str, multi_label: bool) -> Callable[[], Iterator]:
