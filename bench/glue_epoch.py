@@ -52,7 +52,7 @@ def measure(steps: int, smoke: bool = False) -> dict:
     import jax
     import orbax.checkpoint as ocp
 
-    from sot_jax import checkpoints, evaluate, optim, recipes, sharding, train
+    from sot_jax import checkpoints, evaluate, experiment, sharding
 
     spec = importlib.util.spec_from_file_location("sot_glue", Path(__file__).parent.parent / "configs/sot_glue.py")
     module = importlib.util.module_from_spec(spec)
@@ -64,15 +64,9 @@ def measure(steps: int, smoke: bool = False) -> dict:
         dev_examples = (300, 300)
     epoch_steps = EPOCH_EXAMPLES // config.batch_size
     total_steps = epoch_steps * config.optim.num_epochs
-    model = recipes.build_model(config.model, num_classes=3)
-    init = functools.partial(train.initial_state, model, config, total_steps)
-    abstract = jax.eval_shape(init)
-    mesh = sharding.make_mesh()
-    shardings = sharding.state_shardings(abstract, mesh, "data")
-    state = jax.jit(init, out_shardings=shardings)()
-    tx, schedule = optim.make_optimizer(config, abstract.params, total_steps)
-    batch_sharding = sharding.batch_sharding(mesh)
-    step_fn = train.jit_train_step(model, tx, schedule, config, shardings, batch_sharding)
+    trainer = experiment.build_trainer(config, num_classes=3, total_steps=total_steps)
+    model, mesh, batch_sharding = trainer.model, trainer.mesh, trainer.batch_sharding
+    state, step_fn = trainer.initial_state(), trainer.jit_step()
     batch = sharding.global_batch(synthetic(config.batch_size, 0), batch_sharding)
 
     compile_start = time.perf_counter()
@@ -108,7 +102,7 @@ def measure(steps: int, smoke: bool = False) -> dict:
     eval_s = float(np.median([evaluation() for _ in range(2)]))
 
     workdir = Path(tempfile.mkdtemp())
-    manager = checkpoints.checkpoint_manager(workdir, config)
+    manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
     meta = {"model": config.model.name, "num_classes": 3}
     best = checkpoints.BestWeights(workdir, "val_glue", meta, 0)
     writes = {"state": [], "best": []}

@@ -41,8 +41,9 @@ Recipe, identical on both sides:
   - no Mixup/CutMix, random erasing, RandAugment or EMA (EMA 0.99996 would barely move in a few hundred steps), no
     gradient clipping.
 The sot_jax side runs the library's own code: the config is configs/sot_deit.py's variant adjusted as above
-(`schedule` "epochs" = steps), `train.initial_state` + the converted weights as `init_from` does,
-`train.jit_train_step` over a one-device mesh (augmentation in the step: normalize and label smoothing), and
+(`schedule` "epochs" = steps), `experiment.build_trainer`'s fresh state + the converted weights as `init_from`
+does, its jitted `train.train_step` over a one-device mesh (augmentation in the step: normalize and label
+smoothing), and
 `evaluate.eval_step` for top-1. The PyTorch side is a plain loop in the official train_epoch's form: model.train(),
 forward, loss, zero_grad, backward, step, `lr_scheduler.step(next)`; evaluation in model.eval() under no_grad.
 
@@ -247,26 +248,19 @@ def sot_jax_config(args: argparse.Namespace) -> Any:
 def train_sot_jax(args: argparse.Namespace, config: Any, variables: dict, data: dict, val: dict) -> dict:
     import jax
 
-    from sot_jax import evaluate, optim, recipes, sharding, train
+    from sot_jax import evaluate, experiment, sharding, train
 
     start = time.perf_counter()
-    train.validate_config(config, jax.device_count(), jax.process_count())
-    model = recipes.build_model(config.model, shapes_data.NUM_CLASSES)
-    total_steps = config.total_steps
-    # As train_and_evaluate: abstract state, optimizer, shardings over a one-axis mesh, then the state.
-    init_state = functools.partial(train.initial_state, model, config, total_steps)
-    abstract = jax.eval_shape(init_state)
-    tx, schedule = optim.make_optimizer(config, abstract.params, total_steps)
-    mesh = sharding.make_mesh()
-    shardings = sharding.state_shardings(abstract, mesh, config.sharding)
-    batch_sharding = sharding.batch_sharding(mesh)
-    state = jax.jit(init_state, out_shardings=shardings)()
+    experiment.validate_config(config, jax.device_count(), jax.process_count())
+    trainer = experiment.build_trainer(config, shapes_data.NUM_CLASSES, config.total_steps)
+    model, batch_sharding = trainer.model, trainer.batch_sharding
+    state = trainer.initial_state()
     for key in ("params", "batch_stats"):  # the converted official weights, as init_from puts them in
         if jax.tree.structure(getattr(state, key)) != jax.tree.structure(variables[key]):
             raise SystemExit(f"converted {key} do not have the model's tree")
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-    state = jax.device_put(train.with_fresh_ema(state), shardings)
-    step_fn = train.jit_train_step(model, tx, schedule, config, shardings, batch_sharding)
+    state = jax.device_put(train.with_fresh_ema(state), trainer.state_shardings)
+    step_fn = trainer.jit_step()
     eval_fn = jax.jit(functools.partial(evaluate.eval_step, model=model, class_mask=None))
     holder = {"state": state}
 

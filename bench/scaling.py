@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import itertools
 import json
 import re
 
 import jax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 from train_throughput import gpu_kernels, synthetic_batch, timed
 
-from sot_jax import optim, recipes, train
-from sot_jax.sharding import state_shardings
+from sot_jax import experiment, recipes
 
 
 def images_per_second(
@@ -38,15 +35,10 @@ def images_per_second(
     config.sharding = sharding
     config.batch_size = batch_per_device * num_devices
     mesh = Mesh(jax.devices()[:num_devices], ("data",))
-    model = recipes.build_model(config.model, num_classes=1000)
-    init = functools.partial(train.initial_state, model, config, 10_000)
-    shardings = state_shardings(jax.eval_shape(init), mesh, sharding)
-    state = jax.jit(init, out_shardings=shardings)()
-    tx, schedule = optim.make_optimizer(config, state.params, total_steps=10_000)
-    batch_sharding = NamedSharding(mesh, P("data"))
-    data = jax.device_put(synthetic_batch(config.batch_size), batch_sharding)
-    step = train.jit_train_step(model, tx, schedule, config, shardings, batch_sharding)
-    holder = {"state": state}
+    trainer = experiment.build_trainer(config, num_classes=1000, total_steps=10_000, mesh=mesh)
+    data = jax.device_put(synthetic_batch(config.batch_size), trainer.batch_sharding)
+    step = trainer.jit_step()
+    holder = {"state": trainer.initial_state()}
 
     def call():
         holder["state"], metrics = step(holder["state"], data)

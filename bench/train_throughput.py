@@ -104,7 +104,7 @@ def parse_model(spec: str) -> tuple[str, dict]:
 
 
 def bench_one(spec: str, batch: int, steps: int, profile_dir: str | None, batch_augment: bool, evaluate: bool) -> dict:
-    from sot_jax import optim, recipes, train
+    from sot_jax import experiment, recipes, train
 
     name, overrides = parse_model(spec)
     flat_optimizer = overrides.pop("flat_optimizer", False)
@@ -114,9 +114,8 @@ def bench_one(spec: str, batch: int, steps: int, profile_dir: str | None, batch_
     config.batch_size = batch
     if not batch_augment:
         config.aug.random_erasing = config.aug.mixup = config.aug.cutmix = 0.0
-    model = recipes.build_model(config.model, num_classes=1000)
-    state = jax.jit(functools.partial(train.initial_state, model, config, 10_000))()
-    tx, schedule = optim.make_optimizer(config, state.params, total_steps=10_000)
+    trainer = experiment.build_trainer(config, num_classes=1000, total_steps=10_000)
+    model, tx, schedule, state = trainer.model, trainer.tx, trainer.schedule, trainer.initial_state()
     if flat_optimizer:  # AdamW over one flat buffer (decay on every parameter: the same elementwise work)
         o = config.optim
         tx = optax.flatten(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
@@ -124,7 +123,7 @@ def bench_one(spec: str, batch: int, steps: int, profile_dir: str | None, batch_
     data = jax.tree.map(jnp.asarray, synthetic_batch(batch))
 
     def step_of(variant):  # the timed model, or its XLA-attention twin whose jaxpr shows every FLOP
-        return functools.partial(train.train_step, model=variant, tx=tx, schedule=schedule, config=config)
+        return functools.partial(train.train_step, model=variant, tx=tx, schedule=schedule, options=trainer.options)
 
     step = jax.jit(step_of(model), donate_argnums=(0,))
     start = time.perf_counter()

@@ -85,9 +85,8 @@ def load_model(directory: str | os.PathLike, **overrides: Any) -> tuple[Any, dic
 # Training runs
 
 
-def checkpoint_manager(workdir: Path, config: Any) -> ocp.CheckpointManager:
-    """The resumable training state in `workdir/checkpoints/<step>/`: the latest `keep_checkpoints` are kept."""
-    keep = config.keep_checkpoints
+def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
+    """The resumable training state in `workdir/checkpoints/<step>/`: the latest `keep` are kept."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
     return ocp.CheckpointManager(workdir / "checkpoints", options=options, item_names=("state", "meta", "data"))
 

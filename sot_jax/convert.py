@@ -6,8 +6,8 @@
 For the text models (`bert_*`, `roberta_*`, `gpt*`) the checkpoint is what HF `save_pretrained` writes (a folder
 with config.json and model.safetensors or pytorch_model.bin): sizes come from config.json, the SoT head's shape
 from `--sot-q/--sot-k/--head-dropout`, else the official fork's MGCrP_q/k/dp in config.json; a classifier it
-lacks starts fresh (`--num-classes`, default 2 or the checkpoint's), see `models.text.from_hf`; its tokenizer
-files are kept with the weights, for fine-tuning to tokenize as the model was trained. For the vision models
+lacks starts fresh (`--num-classes`, default 2 or the checkpoint's), see `models.hf_conversion.from_hf`; its
+tokenizer files are kept with the weights, for fine-tuning to tokenize as the model was trained. For the vision models
 the checkpoint may be a state_dict or a dict holding one under `model`, `state_dict` or `state_dict_ema`
 (`--ema` picks the EMA weights, which the SoT papers report); `.npz` files of state-dict arrays work too.
 Missing, unexpected or mis-shaped keys stop the conversion with a message naming them; nothing is written then.

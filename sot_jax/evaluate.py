@@ -5,7 +5,6 @@
 text, GLUE's: accuracy as top1, mcc, f1, pearson, spearman, and glue, the task's GLUE score), and
 `config.best_metric` names the one that ranks the best weights. Image sets are scored by counts accumulated on the
 device; text sets by every prediction gathered on the host (Spearman's ranks and the submission files need them).
-`model_inputs` turns either kind of batch into the model's keyword inputs.
 """
 
 from __future__ import annotations
@@ -13,24 +12,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sot_jax import augment, checkpoints, models, recipes, sharding
+from sot_jax import checkpoints, data, models, recipes, sharding
 from sot_jax.errors import UserError
 
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def model_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """A batch's model inputs: ImageNet-normalized `images`, or a text batch's token ids and masks."""
-    if "image" in batch:
-        return {"images": augment.normalize(batch["image"])}
-    return {k: batch[k] for k in TEXT_INPUTS if k in batch}
+if TYPE_CHECKING:  # the type only: experiment.py builds on this module
+    from sot_jax.experiment import Experiment
 
 
 def eval_step(
@@ -38,7 +32,7 @@ def eval_step(
 ) -> dict:
     """Counts of top-1/top-5 hits over the unpadded examples (with `real` labels: a hit is any of them), or with
     `predict` each example's prediction (the arg-max class, or a regression's score), label and mask."""
-    logits = model.apply({"params": params, "batch_stats": batch_stats}, **model_inputs(batch))
+    logits = model.apply({"params": params, "batch_stats": batch_stats}, **data.model_inputs(batch))
     if class_mask is not None:  # e.g. ImageNet-A: predict among its 200 classes only
         logits = jnp.where(class_mask, logits, -jnp.inf)
     if predict:
@@ -139,10 +133,13 @@ def prediction_metrics(
 
 @dataclasses.dataclass
 class EvalSet:
+    """One `config.evals` entry resolved: its source and split, its batches (this process's slices of every
+    example once, with the set's own batch size, crop or tokenizer), and what is scored."""
+
     name: str
-    source: Any  # data.sources.Source
+    source: Any  # data.source_base.Source
     split: str
-    multi_label: bool
+    batches: Callable[[], Iterator[dict[str, np.ndarray]]]
     class_mask: np.ndarray | None
     metrics: tuple[str, ...]
     submission: str  # a GLUE server file name, or ""
@@ -150,15 +147,11 @@ class EvalSet:
     @property
     def predicts(self) -> bool:
         """Scored from predictions on the host (text), else from counts on the device (images)."""
-        from sot_jax.data import text
-
-        return isinstance(self.source, text.TextSource)
+        return isinstance(self.source, data.text.TextSource)
 
 
 def _check_metrics(name: str, metrics: tuple[str, ...], source: Any, num_classes: int) -> None:
-    from sot_jax.data import text
-
-    if isinstance(source, text.TextSource):
+    if isinstance(source, data.text.TextSource):
         if source.regression:
             valid = ("pearson", "spearman", "glue")
         else:
@@ -173,12 +166,16 @@ def _check_metrics(name: str, metrics: tuple[str, ...], source: Any, num_classes
             )
 
 
-def resolve_evals(config: Any, train_source: Any, num_classes: int) -> list[EvalSet]:
+def resolve_evals(
+    config: Any, train_source: Any, num_classes: int,
+    make_batches: Callable[[Any, str, bool], Callable[[], Iterator[dict[str, np.ndarray]]]],
+) -> list[EvalSet]:  # fmt: skip
     """Every `config.evals` entry with its data source, checked now rather than at the first evaluation: an unknown
     key, metric, dataset or split, or another number of classes, is an error; an unprepared dataset too, unless the
     entry is `optional` (then one warning line, and the set is left out). Text sources other than the training
-    one take its class order (`TextSource.use_label_names`)."""
-    from sot_jax.data import pipeline, sources, text
+    one take its class order (`TextSource.use_label_names`). `make_batches(source, split, multi_label)` gives a
+    set's batch factory."""
+    from sot_jax.data import pipeline, source_base, sources
 
     if "val" not in config.evals and not config.eval_only:
         raise UserError("config.evals needs a 'val' entry (it ranks the best checkpoint)")
@@ -198,7 +195,7 @@ def resolve_evals(config: Any, train_source: Any, num_classes: int) -> list[Eval
                     source.use_label_names(train_source.label_names)
             split = entry.split or source.eval_split
             source.num_examples(split)  # an unknown split or an unreadable folder stops here
-        except sources.DatasetNotReadyError as e:
+        except source_base.DatasetNotReadyError as e:
             if not entry.optional:
                 raise UserError(f"evals.{name}: {e}") from None
             if jax.process_index() == 0:
@@ -210,10 +207,11 @@ def resolve_evals(config: Any, train_source: Any, num_classes: int) -> list[Eval
             raise UserError(f"evals.{name}: {dataset} has {source.num_classes} classes, the model {num_classes}")
         metrics = tuple(entry.metrics)
         _check_metrics(name, metrics, source, num_classes)
-        if entry.submission and not isinstance(source, text.TextSource):
+        if entry.submission and not isinstance(source, data.text.TextSource):
             raise UserError(f"evals.{name}: submission files are written for GLUE tasks only, not {dataset}")
         class_mask = pipeline.label_subset(source, split) if entry.label_subset else None
-        sets.append(EvalSet(name, source, split, entry.multi_label, class_mask, metrics, entry.submission))
+        batches = make_batches(source, split, entry.multi_label)
+        sets.append(EvalSet(name, source, split, batches, class_mask, metrics, entry.submission))
     return sets
 
 
@@ -221,8 +219,8 @@ class Evaluator:
     """The metrics (percent) of given weights on each eval set; the jitted steps are built once. After a call,
     `predictions[name]` holds a text set's predictions in the split's stored order (model class indices)."""
 
-    def __init__(self, config: Any, model: Any, eval_sets: list[EvalSet], mesh: Any):
-        self.config, self.model, self.eval_sets, self.mesh = config, model, eval_sets, mesh
+    def __init__(self, model: Any, eval_sets: list[EvalSet], mesh: Any):
+        self.model, self.eval_sets = model, eval_sets
         replicated = sharding.replicated(mesh)
         step = functools.partial(eval_step, model=model)
         self.steps = {
@@ -235,13 +233,10 @@ class Evaluator:
         self.predictions: dict[str, np.ndarray] = {}
 
     def __call__(self, params: Any, batch_stats: Any) -> dict[str, float]:
-        from sot_jax import data
-
         results = {}
         for eval_set in self.eval_sets:
             outputs: dict[str, list[np.ndarray]] = {}
-            batches = data.eval_batches(eval_set.source, eval_set.split, self.config, self.model, eval_set.multi_label)
-            for local in batches:
+            for local in eval_set.batches():
                 batch = sharding.global_batch(local, self.batch_sharding)
                 for key, value in self.steps[eval_set.name](params, batch_stats, batch).items():
                     outputs.setdefault(key, []).append(np.asarray(value))
@@ -276,30 +271,23 @@ def write_submission(directory: Path, eval_set: EvalSet, predictions: np.ndarray
     return path
 
 
-def evaluate_checkpoint(config: Any, workdir: str | None = None) -> dict[str, float]:
-    """eval_only: the metrics of `config.init_from` on every eval set (and of its EMA weights when it has them);
-    sets with a `submission` file name write their predictions there, in `workdir` (GLUE's test splits)."""
-    from sot_jax import data
-
-    config, pretrained = checkpoints.resolve_init_from(config)
-    source = data.sources.get_source(config.dataset, config.data_dir, prepare_embedded=jax.process_index() == 0)
-    data.use_checkpoint_classes(source, pretrained)
-    model = recipes.build_model(config.model, source.num_classes)
-    mesh = sharding.make_mesh()
-    eval_sets = resolve_evals(config, source, source.num_classes)
-    submissions = [s for s in eval_sets if s.submission]
+def evaluate_checkpoint(experiment: Experiment, workdir: str | None = None) -> dict[str, float]:
+    """eval_only: the metrics of the experiment's `init_from` on every eval set (and of its EMA weights when it has
+    them); sets with a `submission` file name write their predictions there, in `workdir` (GLUE's test splits)."""
+    model, mesh, init_from = experiment.trainer.model, experiment.trainer.mesh, experiment.init_from
+    submissions = [s for s in experiment.eval_sets if s.submission]
     if submissions and not workdir:
         raise UserError(f"--workdir is required: the submission files ({submissions[0].submission}, ...) go there")
-    evaluator = Evaluator(config, model, eval_sets, mesh)
-    loaded = checkpoints.read_init_variables(config.init_from)
+    evaluator = Evaluator(model, experiment.eval_sets, mesh)
+    loaded = checkpoints.read_init_variables(init_from)
     fresh = models.abstract_variables(model)
     results = {}
     for prefix in ("", "ema_"):
         if f"{prefix}params" not in loaded:
             continue
-        params = checkpoints.merge_exact(fresh["params"], loaded[f"{prefix}params"], config.init_from)
+        params = checkpoints.merge_exact(fresh["params"], loaded[f"{prefix}params"], init_from)
         batch_stats = checkpoints.merge_exact(
-            fresh.get("batch_stats", {}), loaded.get(f"{prefix}batch_stats", {}), config.init_from
+            fresh.get("batch_stats", {}), loaded.get(f"{prefix}batch_stats", {}), init_from
         )
         params, batch_stats = jax.device_put((params, batch_stats), sharding.replicated(mesh))
         results.update({prefix + k: v for k, v in evaluator(params, batch_stats).items()})

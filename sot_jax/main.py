@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax reports every save at INFO
     config = _CONFIG.value
-    if config.dry_run:  # the resolved recipe, before any data, device or workdir is touched
+    if config.dry_run:  # the resolved recipe; no device, workdir or preparing (only the training split's size)
         from sot_jax import recipes
 
         print(recipes.describe(config))
@@ -75,13 +75,14 @@ def main(argv: list[str]) -> None:
     if not config.eval_only and not _WORKDIR.value:
         raise UserError("--workdir is required for training")
     initialize_distributed()
-    from sot_jax import evaluate, train
+    from sot_jax import evaluate, experiment, train
 
+    resolved = experiment.build(config)  # every check, before anything is trained or written
     if config.eval_only:
-        for key, value in evaluate.evaluate_checkpoint(config, _WORKDIR.value).items():
+        for key, value in evaluate.evaluate_checkpoint(resolved, _WORKDIR.value).items():
             print(f"{key}: {value:.2f}")
     else:
-        train.train_and_evaluate(config, _WORKDIR.value)
+        train.train_and_evaluate(resolved, _WORKDIR.value)
 
 
 def run() -> None:

@@ -13,14 +13,8 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from sot_jax.errors import UserError, check_choice
+from sot_jax.models import factory
 
-# `create_model` keywords whose default comes from the model's registry entry (None: keep the model's own).
-MODEL_OPTIONS = {
-    "head": str, "fusion": str, "svpn": str, "svpn_alpha": float, "wr_dim": int, "mgcrp_heads": int,
-    "head_dropout": float, "gem_groups": int, "gem_positive": str, "embed_dim": int, "depth": int, "num_heads": int,
-    "mlp_hidden": int, "pool_block_width": int, "attention": str, "remat": str, "dropout": float,
-    "bn_group_size": int,
-}  # fmt: skip
 # Keys of an evals entry: dataset and data_dir ("" = the config's), split ("" = the dataset's validation split),
 # optional (skipped with one warning line when not prepared), label_subset (predict among the classes present,
 # ImageNet-A), multi_label (ImageNet-ReaL's real labels), metrics (what is logged as <name>_<metric>, see
@@ -68,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.sharding = "data"  # "data" (replicated parameters) or "fsdp" (parameters and optimizer state sharded)
     config.init_from = ""  # a converted or trained checkpoint to start from (fine-tuning re-inits the classifier)
     config.eval_only = False
-    config.dry_run = False  # True: print the resolved recipe (`describe`) and exit, touching no data
+    config.dry_run = False  # True: print the resolved recipe (`describe`) and exit; reads only the split's size
     # The weights kept as best (workdir/best): an eval metric ("val_top1", "ema_val_top1" for the EMA weights, ...);
     # "auto": ema_val_top1 with EMA on (the SoT and LV-ViT scripts), else val_top1.
     config.best_metric = "auto"
@@ -78,8 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dtype = "bfloat16"  # compute dtype; parameters, covariance and SVPN stay float32
     config.model.img_size = 224
     config.model.drop_path_rate = 0.1
-    for key, kind in MODEL_OPTIONS.items():
-        config.model[key] = placeholder(kind)
+    for key, kind in factory.OPTION_TYPES.items():  # every other create_model keyword; None: the model's own
+        if key not in config.model:
+            config.model[key] = placeholder(kind)
 
     config.input = ml_collections.ConfigDict()
     config.input.train_split = "train"
@@ -154,17 +149,6 @@ def model_overrides(model_config: ml_collections.ConfigDict) -> dict:
     return {k: v for k, v in model_config.items() if k != "name" and v is not None}
 
 
-def build_model(model_config: ml_collections.ConfigDict, num_classes: int):
-    """The model `config.model` describes (`models.create_model`, the same checks and messages)."""
-    import jax.numpy as jnp
-
-    from sot_jax import models
-
-    check_choice("model.dtype", model_config.dtype, ("float32", "bfloat16"))
-    overrides = {**model_overrides(model_config), "dtype": jnp.dtype(model_config.dtype)}
-    return models.create_model(model_config.name, num_classes=num_classes, **overrides)
-
-
 def unknown_variant(variant: str, variants) -> UserError:
     return UserError(f"unknown config variant {variant!r}; choose one of {', '.join(variants)}")
 
@@ -211,13 +195,16 @@ def digits_demo(config: ml_collections.ConfigDict, model: str, **model_options) 
     return config
 
 
-# Training-split sizes, so that a dry run gives steps without reading (or preparing) the data.
-KNOWN_TRAIN_EXAMPLES = {
-    ("imagenet2012", "train"): 1_281_167, ("digits", "train"): 1_437, ("brackets", "train"): 8_000,
-    ("glue/cola", "train"): 8_551, ("glue/rte", "train"): 2_490, ("glue/mnli", "train"): 392_702,
-    ("glue/qnli", "train"): 104_743, ("glue/sst2", "train"): 67_349, ("glue/mrpc", "train"): 3_668,
-    ("glue/stsb", "train"): 5_749, ("glue/qqp", "train"): 363_846, ("glue/wnli", "train"): 635,
-}  # fmt: skip
+def train_examples(config: ml_collections.ConfigDict) -> int | None:
+    """The size of the training split, read from its source; None where the data is not prepared (a dry run
+    prepares nothing, the embedded datasets included)."""
+    from sot_jax.data import sources
+
+    try:
+        source = sources.get_source(config.dataset, config.data_dir, prepare_embedded=False)
+        return source.num_examples(config.input.train_split)
+    except UserError:
+        return None
 
 
 def describe(config: ml_collections.ConfigDict) -> str:
@@ -229,7 +216,7 @@ def describe(config: ml_collections.ConfigDict) -> str:
 
     optimizer, inputs, aug = config.optim, config.input, config.aug
     epochs = optimizer.num_epochs + optimizer.cooldown_epochs
-    count = KNOWN_TRAIN_EXAMPLES.get((config.dataset, inputs.train_split))
+    count = train_examples(config)
     epoch_steps = count // config.batch_size if count else None
     if config.total_steps:
         steps = f"{config.total_steps} steps (total_steps: the schedule squeezed into them)"
@@ -238,7 +225,7 @@ def describe(config: ml_collections.ConfigDict) -> str:
         steps = f"{epoch_steps * epochs} steps ({per_epoch})"
     else:
         where = f"{config.dataset}:{inputs.train_split}"
-        steps = f"steps per epoch unknown until the data is read ({where} is not in the table)"
+        steps = f"steps per epoch unknown until {where} is prepared"
     peak = optim.peak_lr(config)
     base_batch, offset = optimizer.lr_base_batch, optimizer.schedule_epoch_offset
     rule = f"{config.lr:g} · batch / {base_batch}" if base_batch else "as given, whatever the batch"

@@ -1,14 +1,16 @@
-"""The training loop: `train_and_evaluate(config, workdir)` trains `config` in `workdir`, resuming from its latest
-checkpoint, on every process of a multi-host job.
+"""The step and the loop: `train_and_evaluate(experiment, workdir)` trains an `experiment.build` result in
+`workdir`, resuming from its latest checkpoint, on every process of a multi-host job.
 
-The step (`train_step`) is a pure function of the state and a batch, jitted over the device mesh. Its neighbours:
+The step (`train_step`) is a pure function of the state and a batch, jitted over the device mesh; it reads resolved
+values (`StepOptions`), never the config. Its neighbours: `experiment` (the config resolved into the parts below),
 `optim` (AdamW and the schedule), `sharding` (mesh and shardings), `checkpoints` (all checkpoint I/O), `evaluate`
-(eval sets and top-k), `data` (the Grain input pipeline), `augment`/`token_labels` (batch augmentation on the
+(eval sets and metrics), `data` (the input pipelines), `augment`/`token_labels` (batch augmentation on the
 accelerator).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -17,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax
 import jax
@@ -25,8 +27,11 @@ import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
 
-from sot_jax import augment, checkpoints, evaluate, models, optim, recipes, sharding, sweep, token_labels
-from sot_jax.errors import UserError, check_choice, group_count
+from sot_jax import augment, checkpoints, data, evaluate, models, sharding, sweep, token_labels
+from sot_jax.errors import UserError
+
+if TYPE_CHECKING:  # the type only: experiment.py builds on this module
+    from sot_jax.experiment import Experiment
 
 
 @flax.struct.dataclass
@@ -40,56 +45,34 @@ class TrainState:
     rng: jax.Array  # raw key data; each step folds in its step number
 
 
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Batch augmentation on the accelerator: the config's `aug` group, under the same names (a text config sets
+    only some; the rest stay off)."""
+
+    random_erasing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_switch_prob: float = 0.5
+    mix_group_size: int = 0
+    erase_after_mix: bool = True
+    mix_token: bool = False
+    label_smoothing: float = 0.0
+    token_label_smoothing: str = "official"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """What `train_step` reads besides the model and optimizer, resolved once by `experiment.build`."""
+
+    aug: Augmentation
+    grad_accum_steps: int = 1
+    ema_decay: float = 0.0  # 0: no EMA
+    sum_loss_weights: tuple[float, float] = (1.0, 1.0)
+
+
 class NonFiniteLossError(UserError):
     pass
-
-
-def validate_config(config: Any, num_devices: int, process_count: int) -> None:
-    """Stop on trainer values that cannot work, naming the key (the model's are checked by `create_model`)."""
-    problems = []
-    if not config.lr > 0:
-        problems.append(f"lr must be positive, got {config.lr}")
-    for key in ("batch_size", "log_every_steps", "checkpoint_every_steps", "optim.grad_accum_steps"):
-        value = config[key.split(".")[0]] if "." not in key else config.optim[key.split(".")[1]]
-        if not (isinstance(value, int) and value > 0):
-            problems.append(f"{key} must be a positive integer, got {value!r}")
-    if config.total_steps < 0 or config.eval_every_steps < 0:
-        problems.append("total_steps and eval_every_steps must be >= 0")
-    bn_group = config.model.get("bn_group_size") or 0
-    if not problems:
-        per_step = num_devices * config.optim.grad_accum_steps
-        if config.batch_size % per_step or config.batch_size % process_count:
-            problems.append(
-                f"batch_size {config.batch_size} does not divide over {num_devices} devices × "
-                f"{config.optim.grad_accum_steps} accumulation steps ({process_count} processes)"
-            )
-        micro_batch = config.batch_size // config.optim.grad_accum_steps
-        mix_group = config.aug.get("mix_group_size") or 0  # text configs have no image mixing
-        for key, group in (("aug.mix_group_size", mix_group), ("model.bn_group_size", bn_group)):
-            try:  # the step would raise this at its first trace; say it before anything is built
-                group_count(micro_batch, group, key)
-            except UserError as error:
-                problems.append(str(error))
-    workers = config.input.get("workers", 0)  # text configs read no images
-    if not (isinstance(workers, int) and workers >= -1):
-        problems.append(f"input.workers must be -1 (one per core), 0 (none) or a positive integer, got {workers!r}")
-    if config.sharding not in ("data", "fsdp"):
-        problems.append(f"sharding must be 'data' or 'fsdp', got {config.sharding!r}")
-    if config.eval_only and not config.init_from:
-        problems.append("eval_only needs init_from=DIR (a converted or trained checkpoint)")
-    if config.input.token_label_dir:
-        from sot_jax.data import label_maps
-
-        check_choice("input.token_label_box", config.input.token_label_box, label_maps.BOXES)
-        check_choice("input.token_label_outside", config.input.token_label_outside, label_maps.OUTSIDES)
-        check_choice("input.token_label_resample", config.input.token_label_resample, label_maps.RESAMPLES)
-        check_choice("aug.token_label_smoothing", config.aug.token_label_smoothing, token_labels.SMOOTHINGS)
-        if config.aug.mixup > 0 or config.aug.cutmix > 0:
-            problems.append(
-                "input.token_label_dir does not combine with mixup/cutmix (the LV-ViT recipe uses mix_token)"
-            )
-    if problems:
-        raise UserError("invalid config: " + "; ".join(problems))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,11 +97,11 @@ def classification_loss(
 
 
 def augment_images(
-    key: jax.Array, batch: dict[str, jax.Array], model: Any, aug: Any
+    key: jax.Array, batch: dict[str, jax.Array], model: Any, aug: Augmentation
 ) -> tuple[dict[str, jax.Array], jax.Array, jax.Array | None]:
     """The model's inputs and targets for an image batch: normalize, erase and Mixup/CutMix (in the order
-    `aug.erase_after_mix` gives), or token label maps' targets, or MixToken (`aug` is the config's `aug` group).
-    Returns (inputs, targets, token targets)."""
+    `aug.erase_after_mix` gives), or token label maps' targets, or MixToken. Returns (inputs, targets, token
+    targets)."""
     erase_key, mix_key, token_key = jax.random.split(key, 3)
     erase = functools.partial(augment.random_erasing, erase_key, probability=aug.random_erasing)
     if "token_label_classes" in batch:  # token label maps give both targets (no Mixup/CutMix)
@@ -146,14 +129,14 @@ def augment_images(
 
 
 def train_step(
-    state: TrainState, batch: dict[str, jax.Array], *, model: Any, tx: Any, schedule: Callable, config: Any
+    state: TrainState, batch: dict[str, jax.Array], *, model: Any, tx: Any, schedule: Callable, options: StepOptions
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step (with `grad_accum_steps` micro-batches): augment images (`augment_images`; text batches
     go in as they are), forward, backward, AdamW, EMA. Float labels are a regression's scores (STS-B): the model's
     one output learns them by mean squared error."""
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     regression = jnp.issubdtype(batch["label"].dtype, jnp.floating) if "label" in batch else False
-    accum = config.optim.grad_accum_steps
+    accum = options.grad_accum_steps
     micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
 
     def micro_step(carry, inputs):
@@ -161,12 +144,12 @@ def train_step(
         index, micro_batch = inputs
         augment_key, dropout_key = jax.random.split(jax.random.fold_in(rng, index))
         if "image" in micro_batch:
-            model_inputs, targets, token_targets = augment_images(augment_key, micro_batch, model, config.aug)
+            model_inputs, targets, token_targets = augment_images(augment_key, micro_batch, model, options.aug)
         else:
-            model_inputs, token_targets = evaluate.model_inputs(micro_batch), None
+            model_inputs, token_targets = data.model_inputs(micro_batch), None
             targets = micro_batch["label"]
             if not regression:
-                targets = augment.smooth_one_hot(targets, model.num_classes, config.aug.label_smoothing)
+                targets = augment.smooth_one_hot(targets, model.num_classes, options.aug.label_smoothing)
 
         def loss_fn(params):
             outputs, updates = model.apply(
@@ -175,7 +158,7 @@ def train_step(
             )  # fmt: skip
             if regression:
                 return jnp.mean((outputs[:, 0] - targets) ** 2), updates
-            loss = classification_loss(outputs, targets, tuple(config.optim.sum_loss_weights), token_targets)
+            loss = classification_loss(outputs, targets, options.sum_loss_weights, token_targets)
             return loss, updates
 
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -192,7 +175,7 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
     if ema_params is not None:
-        decay = config.optim.ema_decay
+        decay = options.ema_decay
         ema_params = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema_params, params)
         ema_batch_stats = jax.tree.map(lambda e, b: decay * e + (1 - decay) * b, ema_batch_stats, batch_stats)
     new_state = state.replace(
@@ -204,11 +187,11 @@ def train_step(
 
 
 def jit_train_step(
-    model: Any, tx: Any, schedule: Callable, config: Any, shardings: TrainState, batch_sharding: Any
+    model: Any, tx: Any, schedule: Callable, options: StepOptions, shardings: TrainState, batch_sharding: Any
 ) -> Callable:
     """`train_step` jitted over the batch's mesh: the state keeps `shardings` (and is donated), metrics replicate."""
     return jax.jit(
-        functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
+        functools.partial(train_step, model=model, tx=tx, schedule=schedule, options=options),
         in_shardings=(shardings, batch_sharding),
         out_shardings=(shardings, sharding.replicated(batch_sharding.mesh)),
         donate_argnums=(0,),
@@ -223,14 +206,13 @@ def with_fresh_ema(state: TrainState) -> TrainState:
     return state.replace(ema_params=copy(state.params), ema_batch_stats=copy(state.batch_stats))
 
 
-def initial_state(model: Any, config: Any, total_steps: int) -> TrainState:
-    """A fresh TrainState for `config` (parameters from `config.seed`); jit it with the state's out_shardings."""
-    init_key, base_key = jax.random.split(jax.random.key(config.seed))
+def initial_state(model: Any, tx: Any, seed: int, ema: bool) -> TrainState:
+    """A fresh TrainState (parameters from `seed`; `ema`: with EMA weights); jit it with the state's
+    out_shardings."""
+    init_key, base_key = jax.random.split(jax.random.key(seed))
     inputs = {k: jnp.zeros(x.shape, x.dtype) for k, x in models.example_inputs(model).items()}
     variables = model.init({"params": init_key}, **inputs)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    tx, _ = optim.make_optimizer(config, params, total_steps)
-    ema = config.optim.ema_decay > 0
     state = TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=tx.init(params),
         ema_params=params if ema else None, ema_batch_stats=batch_stats if ema else None,
@@ -305,12 +287,10 @@ class Loop:
     best weights), the resumable state every `checkpoint_every_steps`, at the end and on SIGTERM, stopping."""
 
     def __init__(
-        self, config: Any, evaluator: evaluate.Evaluator, manager: ocp.CheckpointManager, best: checkpoints.BestWeights,
-        log: MetricsLog, meta: dict,
+        self, experiment: Experiment, evaluator: evaluate.Evaluator, manager: ocp.CheckpointManager,
+        best: checkpoints.BestWeights, log: MetricsLog,
     ):  # fmt: skip
-        self.config, self.evaluator, self.manager, self.best, self.log, self.meta = (
-            config, evaluator, manager, best, log, meta
-        )  # fmt: skip
+        self.experiment, self.evaluator, self.manager, self.best, self.log = experiment, evaluator, manager, best, log
         self.pending: list[tuple[int, dict]] = []  # per-step metrics still on the device: no per-step sync
         self.last_saved = manager.latest_step()
         self.window_start, self.window_step = time.perf_counter(), None
@@ -331,7 +311,7 @@ class Loop:
                 raise NonFiniteLossError(f"loss became {float(m['loss'])} at step {s + 1}; stopping ({where})")
         if values:
             elapsed = time.perf_counter() - self.window_start
-            img_per_sec = (step - self.window_step) * self.config.batch_size / max(elapsed, 1e-9)
+            img_per_sec = (step - self.window_step) * self.experiment.batch_size / max(elapsed, 1e-9)
             self.window_start, self.window_step = time.perf_counter(), step
             latest = {k: float(v) for k, v in values[-1][1].items()}
             self.log.write(step, {**latest, "img_per_sec": img_per_sec})
@@ -341,7 +321,7 @@ class Loop:
 
     def save(self, step: int, state: TrainState) -> None:
         self.flush_metrics(step)  # never checkpoint a state that followed a non-finite loss
-        self.manager.save(step, args=checkpoints.save_args(state, self.meta, self.batches), force=True)
+        self.manager.save(step, args=checkpoints.save_args(state, self.experiment.meta, self.batches), force=True)
         self.last_saved = step
 
     def evaluate(self, step: int, state: TrainState) -> dict[str, float]:
@@ -356,12 +336,13 @@ class Loop:
         return results
 
     def run(
-        self, state: TrainState, step: int, total_steps: int, eval_every: int, batches: Iterator, step_fn: Callable,
-        batch_sharding: Any, stopper: Stopper, after_step: Callable | None,
+        self, state: TrainState, step: int, batches: Iterator, step_fn: Callable, stopper: Stopper,
+        after_step: Callable | None,
     ) -> TrainState:  # fmt: skip
         from tqdm import tqdm
 
-        config = self.config
+        experiment, batch_sharding = self.experiment, self.experiment.trainer.batch_sharding
+        total_steps = experiment.total_steps
         self.window_step, self.batches = step, batches
         self.progress = tqdm(total=total_steps, initial=step, disable=jax.process_index() != 0, dynamic_ncols=True)
         try:
@@ -372,11 +353,11 @@ class Loop:
                 self.progress.update(1)
                 if after_step is not None:
                     after_step(step)
-                if step % config.log_every_steps == 0:
+                if step % experiment.log_every_steps == 0:
                     self.flush_metrics(step)
-                if step % eval_every == 0 or step == total_steps:
+                if step % experiment.eval_every_steps == 0 or step == total_steps:
                     self.best.update(step, self.evaluate(step, state), state)
-                if step % config.checkpoint_every_steps == 0 or step == total_steps:
+                if step % experiment.checkpoint_every_steps == 0 or step == total_steps:
                     self.save(step, state)
                 if stopper.should_stop(step):
                     if self.last_saved != step:
@@ -392,81 +373,61 @@ class Loop:
         return state
 
 
-def train_and_evaluate(config: Any, workdir: str, after_step: Callable[[int], None] | None = None) -> TrainState:
-    """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
+def train_and_evaluate(
+    experiment: Experiment, workdir: str, after_step: Callable[[int], None] | None = None
+) -> TrainState:
+    """Train `experiment` (`experiment.build(config)`) in `workdir`, resuming from its latest checkpoint; returns the
+    final state.
 
     `after_step(step)` is called after each step (a hook for profiling or tests)."""
-    from sot_jax import data
+    from sot_jax import evaluate
 
-    # Set up: check the config (completed from init_from's checkpoint for a text model), find the workdir.
-    validate_config(config, jax.device_count(), jax.process_count())
-    config, pretrained = checkpoints.resolve_init_from(config)
+    trainer = experiment.trainer
     workdir = Path(workdir).absolute()
     is_main = jax.process_index() == 0
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
 
-    # Data: the training source, and the schedule's length in steps.
-    source = data.sources.get_source(config.dataset, config.data_dir, prepare_embedded=is_main)
-    data.use_checkpoint_classes(source, pretrained)
-    epoch_steps = data.pipeline.steps_per_epoch(source, config.input.train_split, config.batch_size)
-    total_steps = config.total_steps or epoch_steps * (config.optim.num_epochs + config.optim.cooldown_epochs)
-    eval_every = config.eval_every_steps or epoch_steps
-
-    # Model and optimizer (abstract first, to place every array on its sharding directly).
-    model = recipes.build_model(config.model, source.num_classes)
-    init_state = functools.partial(initial_state, model, config, total_steps)
-    abstract = jax.eval_shape(init_state)
-    tx, schedule = optim.make_optimizer(config, abstract.params, total_steps)
-
-    # Shard: one data axis over every device; parameters replicated or FSDP-sharded.
-    mesh = sharding.make_mesh()
-    shardings = sharding.state_shardings(abstract, mesh, config.sharding)
-    batch_sharding = sharding.batch_sharding(mesh)
-
-    # Evals: every config.evals entry resolved now, so that a bad one stops before the first step.
-    evaluator = evaluate.Evaluator(config, model, evaluate.resolve_evals(config, source, source.num_classes), mesh)
-
     # Restore: this workdir's latest checkpoint, else a fresh state (from init_from when given).
-    manager = checkpoints.checkpoint_manager(workdir, config)
+    manager = checkpoints.checkpoint_manager(workdir, experiment.keep_checkpoints)
     latest = manager.latest_step()
     if latest is not None:
-        state = checkpoints.restore_state(manager, latest, sharding.with_shardings(abstract, shardings))
+        abstract = sharding.with_shardings(trainer.abstract_state, trainer.state_shardings)
+        state = checkpoints.restore_state(manager, latest, abstract)
         print(f"resumed from {manager.directory / str(latest)}", flush=True)
     else:
-        state = jax.jit(init_state, out_shardings=shardings)()
-        if config.init_from:
+        state = trainer.initial_state()
+        if experiment.init_from:
             params, batch_stats = checkpoints.pretrained_variables(
-                state.params, state.batch_stats, config.init_from, pretrained
+                state.params, state.batch_stats, experiment.init_from, experiment.pretrained
             )
-            state = jax.device_put(with_fresh_ema(state.replace(params=params, batch_stats=batch_stats)), shardings)
+            state = with_fresh_ema(state.replace(params=params, batch_stats=batch_stats))
+            state = jax.device_put(state, trainer.state_shardings)
 
-    # Step: jitted over the mesh; batches from this workdir's step on.
-    step_fn = jit_train_step(model, tx, schedule, config, shardings, batch_sharding)
+    # Input: batches from the state's step on (at the saved position when resuming).
     start = int(state.step)
-    batches = data.train_batches(source, config, model, start)
+    batches = experiment.train_batches(start)
     if latest is not None:
         checkpoints.restore_input_position(manager, latest, batches)
 
     # Loop: steps, logs, evaluations, checkpoints, until total_steps or SIGTERM.
-    log = MetricsLog(workdir, is_main)
+    evaluator = evaluate.Evaluator(trainer.model, experiment.eval_sets, trainer.mesh)
+    best = checkpoints.BestWeights(workdir, experiment.best_metric, experiment.meta, start)
     stopper = Stopper()
-    overrides = {k: v for k, v in recipes.model_overrides(config.model).items() if k != "dtype"}
-    meta = {"model": config.model.name, "num_classes": source.num_classes, "overrides": overrides,
-            **data.checkpoint_record(source, config), "config": config.to_json_best_effort()}  # fmt: skip
-    best = checkpoints.BestWeights(workdir, recipes.best_metric(config), meta, start)
+    loop = Loop(experiment, evaluator, manager, best, MetricsLog(workdir, is_main))
     try:
-        state = Loop(config, evaluator, manager, best, log, meta).run(
-            state, start, total_steps, eval_every, batches, step_fn, batch_sharding, stopper, after_step
-        )
+        state = loop.run(state, start, batches, trainer.jit_step(), stopper, after_step)
     finally:
         manager.wait_until_finished()
         best.wait_until_finished()
         stopper.close()
-    if is_main and int(state.step) == total_steps:  # the dev score both ways, as GLUE results are reported
-        metric = recipes.best_metric(config)
-        final, best, best_step = sweep.final_and_best(workdir, metric)
-        print(f"{metric}: final {final:.2f}, best {best:.2f} (step {best_step})", flush=True)
-        record = {"metric": metric, "final": final, "best": best, "best_step": best_step, "step": total_steps}
-        (workdir / sweep.FINAL_FILE).write_text(json.dumps(record))  # the run is finished (sot_jax.sweep)
+
+    # Finish: the dev score both ways, as GLUE results are reported; the record marks the run finished (sweep).
+    if is_main and int(state.step) == experiment.total_steps:
+        metric = experiment.best_metric
+        final, best_value, best_step = sweep.final_and_best(workdir, metric)
+        print(f"{metric}: final {final:.2f}, best {best_value:.2f} (step {best_step})", flush=True)
+        record = {"metric": metric, "final": final, "best": best_value, "best_step": best_step,
+                  "step": experiment.total_steps}  # fmt: skip
+        (workdir / sweep.FINAL_FILE).write_text(json.dumps(record))
     return state

@@ -1,14 +1,21 @@
-"""Shared fixtures: the embedded digits dataset prepared once per session, and small training configs."""
+"""Shared fixtures: the embedded digits dataset prepared once per session, small training configs, and the helpers
+several test files use (trees compared, the command line run, a reference training run)."""
 
 import importlib
 import importlib.util
 import io
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
+
+from sot_jax import checkpoints, experiment, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,3 +204,34 @@ def tiny_imagenet(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("imagenet_tfds"))
     prepare.prepare_dataset("imagenet2012", data_dir, str(manual))
     return data_dir
+
+
+def params_of(workdir) -> dict:
+    return checkpoints.read_init_variables(str(workdir))
+
+
+def assert_trees_close(a, b, rtol=0.0, atol=0.0):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def run_main(args, env=None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sot_jax.main", "--config=configs/sot_deit.py:digits", *tiny_overrides(), *args],
+        cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600, **kwargs,
+    )  # fmt: skip
+
+
+def common_flags(digits_dir, workdir):
+    return [
+        f"--workdir={workdir}", f"--config.data_dir={digits_dir}", "--config.batch_size=8", "--config.total_steps=3",
+        "--config.eval_every_steps=3", "--config.checkpoint_every_steps=3", "--config.aug.mixup=0.8",
+        "--config.aug.cutmix=1.0", "--config.aug.random_erasing=0.25",
+    ]  # fmt: skip
+
+
+def reference_run(tiny_config, workdir, **changes):
+    config = tiny_config(total_steps=3, mixup=0.8, cutmix=1.0, random_erasing=0.25, **changes)
+    return train.train_and_evaluate(experiment.build(config), workdir)

@@ -12,7 +12,7 @@ from conftest import ROOT
 from PIL import Image
 
 from sot_jax import recipes
-from sot_jax.data import pipeline, sources
+from sot_jax.data import pipeline, source_base, sources
 from sot_jax.errors import UserError
 
 
@@ -78,12 +78,12 @@ def test_training_from_tfds_or_folders_never_imports_tensorflow(tiny_imagenet, t
     root = write_image_folders(tmp_path / "folders", per_class=2, val=1)
     script = (
         "import sys\n"
-        "from sot_jax import recipes, train\n"
+        "from sot_jax import experiment, recipes, train\n"
         f"for name, data_dir in (('imagenet2012', {tiny_imagenet!r}), ('folder', {str(root)!r})):\n"
         "    config = recipes.digits_demo(recipes.base_config(), 'deit_tiny_patch16_224', embed_dim=16, depth=1)\n"
         "    config.dataset, config.data_dir, config.batch_size, config.total_steps = name, data_dir, 2, 1\n"
         "    config.input.workers = 0\n"
-        f"    train.train_and_evaluate(config, {str(tmp_path)!r} + '/' + name)\n"
+        f"    train.train_and_evaluate(experiment.build(config), {str(tmp_path)!r} + '/' + name)\n"
         "print('tensorflow' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -118,7 +118,7 @@ def test_evaluation_sees_every_example_exactly_once(digits_dir, tiny_config):
 
 def test_missing_unknown_and_tfrecord_datasets_say_what_to_do(tmp_path):
     command = f"python -m sot_jax.prepare imagenet2012 --data_dir={tmp_path} --manual_dir="
-    with pytest.raises(sources.DatasetNotReadyError, match=command):
+    with pytest.raises(source_base.DatasetNotReadyError, match=command):
         sources.get_source("imagenet2012", str(tmp_path))
     import tensorflow_datasets as tfds
 
@@ -126,7 +126,7 @@ def test_missing_unknown_and_tfrecord_datasets_say_what_to_do(tmp_path):
 
     tfds.builder("digits", data_dir=str(tmp_path)).download_and_prepare()  # TFRecord, TFDS's default
     command = f"python -m sot_jax.prepare digits --data_dir={tmp_path}"
-    with pytest.raises(sources.DatasetNotReadyError, match=f"TFRecord only.*{command}"):
+    with pytest.raises(source_base.DatasetNotReadyError, match=f"TFRecord only.*{command}"):
         sources.get_source("digits", str(tmp_path), prepare_embedded=False)
     assert sources.get_source("digits", str(tmp_path)).num_examples("train") > 0  # embedded: converted on first use
     with pytest.raises(ValueError, match="unknown dataset 'imagenet2013'"):

@@ -1,10 +1,15 @@
 """Evaluation metrics against sklearn and scipy: Matthews' correlation, F1, Pearson, Spearman (ties included), and
-the GLUE task score of a set of predictions."""
+the GLUE task score of a set of predictions; the evaluation step and eval_only."""
 
+import json
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_MODEL
 
-from sot_jax import evaluate
+from sot_jax import evaluate, experiment, models, train
 
 
 @pytest.mark.filterwarnings("ignore:A single label was found")
@@ -75,3 +80,20 @@ def test_pearson_and_spearman_equal_scipy_with_ties():
     result = evaluate.prediction_metrics((*metrics, "glue"), predictions, scores, 1, metrics)
     assert result["glue"] == pytest.approx((result["pearson"] + result["spearman"]) / 2)
     assert result["pearson"] == pytest.approx(100 * stats.pearsonr(predictions, scores).statistic)
+
+
+def test_eval_step_handles_fewer_than_five_classes():
+    model = models.create_model("deit_tiny_patch16_224", num_classes=2, img_size=32, **{**TINY_MODEL, "depth": 1})
+    variables = model.init({"params": jax.random.key(0)}, jnp.zeros((1, 32, 32, 3)))
+    batch = {"image": jnp.zeros((4, 32, 32, 3), jnp.uint8), "label": jnp.array([0, 1, 0, 1]), "mask": jnp.ones(4)}
+    counts = evaluate.eval_step(variables["params"], {}, batch, model=model, class_mask=None)
+    assert float(counts["top5"]) == 4.0 and float(counts["top1"]) == 2.0 and float(counts["count"]) == 4.0
+
+
+@pytest.mark.slow
+def test_eval_only_reports_params_and_ema(tiny_config, tmp_path):
+    train.train_and_evaluate(experiment.build(tiny_config(ema_decay=0.9)), tmp_path)
+    results = evaluate.evaluate_checkpoint(experiment.build(tiny_config(eval_only=True, init_from=str(tmp_path))))
+    assert set(results) == {"val_top1", "val_top5", "ema_val_top1", "ema_val_top5"}
+    last = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines() if "val_top1" in r][-1]
+    assert results["val_top1"] == pytest.approx(last["val_top1"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, load_config, write_glue
 
-from sot_jax import checkpoints, evaluate, glue, recipes
+from sot_jax import checkpoints, evaluate, experiment, glue, recipes
 from sot_jax.data import brackets, text, tokenization
 from sot_jax.errors import UserError
 from sot_jax.models import create_text_model
@@ -70,8 +70,9 @@ def test_a_test_split_evaluation_writes_the_glue_server_files_in_the_checkpoints
     config.update({"data_dir": mnli_data, "init_from": str(tmp_path / "ckpt"), "vocab": vocab})
     config.input.max_seq_length, config.model.dtype = 16, "float32"
     with pytest.raises(UserError, match="--workdir is required: the submission files"):
-        evaluate.evaluate_checkpoint(config)
-    assert evaluate.evaluate_checkpoint(config, str(tmp_path / "out")) == {}  # hidden labels: no metrics
+        evaluate.evaluate_checkpoint(experiment.build(config))
+    results = evaluate.evaluate_checkpoint(experiment.build(config), str(tmp_path / "out"))
+    assert results == {}  # hidden labels: no metrics
     tokenizer = tokenization.load_tokenizer(vocab)
     for name, dataset, split in (("MNLI-m.tsv", "mnli", "test_matched"), ("MNLI-mm.tsv", "mnli", "test_mismatched"),
                                  ("AX.tsv", "ax", "test")):  # fmt: skip

@@ -413,12 +413,12 @@ def test_grouped_batch_norm_is_each_group_alone(stem):
 def test_bn_group_size_is_a_model_key_that_must_divide_the_training_batch(name):
     """`config.model.bn_group_size` reaches the stem's BatchNorms: a training batch it does not divide is a one-line
     UserError naming it, the group and the batch; evaluation (running statistics) takes any batch."""
-    from sot_jax import recipes
+    from sot_jax import experiment, recipes
     from sot_jax.errors import UserError
 
     config = recipes.base_config()
     config.model.update(name=name, img_size=32, dtype="float32", wr_dim=4, bn_group_size=4, **TINY)
-    model = recipes.build_model(config.model, num_classes=3)
+    model = experiment.build_model(config.model, num_classes=3)
     variables = models.abstract_variables(model)
     images = jax.ShapeDtypeStruct((6, 32, 32, 3), jnp.float32)
 

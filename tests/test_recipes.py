@@ -224,7 +224,8 @@ def test_erasing_runs_after_or_before_mixing(erase_after_mix):
     aug.update({"random_erasing": 1.0, "mixup": 0.8, "cutmix": 0.0, "mix_group_size": 2})
     aug.erase_after_mix = erase_after_mix
     batch = {"image": jnp.zeros((64, 16, 16, 3), jnp.uint8), "label": jnp.zeros(64, jnp.int32)}
-    inputs, _, _ = train.augment_images(jax.random.key(0), batch, SimpleNamespace(num_classes=10), aug)
+    model = SimpleNamespace(num_classes=10)
+    inputs, _, _ = train.augment_images(jax.random.key(0), batch, model, train.Augmentation(**aug))
     deviation = np.asarray(inputs["images"] - augment.normalize(batch["image"]))
     stds = [np.std(d[np.abs(d) > 0]) for d in deviation]
     # Erased after mixing, each image holds one box of N(0, 1) pixels; erased before, the boxes blend with λ.
@@ -320,29 +321,35 @@ def test_configs_carry_the_official_data_choices():
             recipes.best_metric(config)
 
 
-def test_dry_run_prints_the_recipe_without_data_or_workdir(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "sot_jax.main", "--config=configs/sot_deit.py:sot_small", "--config.dry_run=True",
-         f"--config.data_dir={tmp_path / 'absent'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+def test_dry_run_prints_the_recipe_without_data_or_workdir(digits_dir, tmp_path):
+    def dry_run(*args):
+        result = subprocess.run(
+            [sys.executable, "-m", "sot_jax.main", "--config=configs/sot_deit.py:sot_small", "--config.dry_run=True",
+             *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    out = dry_run(f"--config.data_dir={tmp_path / 'absent'}")
     expected = (
-        "300 epochs + 10 cooldown = 310 epochs = 387810 steps (1251 per epoch", "peak lr 0.001",
-        "lr at warmup end (epoch 5): 0.0009993", "RandAugment n2 m9 mstd0.5", "random erasing 0.25",
+        "300 epochs + 10 cooldown = 310 epochs = steps per epoch unknown until imagenet2012:train is prepared",
+        "peak lr 0.001", "lr at warmup end (epoch 5): 0.0009993", "RandAugment n2 m9 mstd0.5", "random erasing 0.25",
         "mixup 0.8 / cutmix 1", "EMA 0.99996; best weights by ema_val_top1", "resize 256 bicubic",
     )  # fmt: skip
     for line in expected:
         assert line in out, out
     assert not (tmp_path / "absent").exists()
+    # The steps follow from the prepared source's size (the embedded digits: 1,438 training images).
+    out = dry_run("--config.dataset=digits", f"--config.data_dir={digits_dir}", "--config.batch_size=64")
+    assert "310 epochs = 6820 steps (22 per epoch: 1,438 digits examples // batch)" in out, out
 
 
 def test_every_create_model_keyword_is_a_config_key():
     """`--config.model.KEY` reaches every keyword of `create_model` (vision) and `create_text_model` (text)."""
-    from sot_jax.models import registry, text
+    from sot_jax.models import factory, text
 
-    assert set(registry.OPTIONS) <= set(recipes.base_config().model)
+    assert set(factory.OPTIONS) <= set(recipes.base_config().model)
     for variant in ("bert_base_sot,cola", "demo"):
         assert set(text.TEXT_OPTIONS) <= set(load_config("configs/sot_glue.py", variant).model)
     assert set(text.OPTION_TYPES) == set(text.TEXT_OPTIONS) - {"dtype"}  # one type per option

@@ -8,7 +8,7 @@ import pytest
 from conftest import assert_same, write_glue
 
 from sot_jax.data import brackets, text
-from sot_jax.data.sources import DatasetNotReadyError
+from sot_jax.data.source_base import DatasetNotReadyError
 from sot_jax.data.tokenization import load_tokenizer
 from sot_jax.errors import UserError
 

@@ -14,8 +14,10 @@ from official_fixtures import load_fixture, rel_err
 
 from sot_jax import convert
 from sot_jax.errors import UserError
-from sot_jax.models import bert, registry, text_heads
-from sot_jax.models.text import TEXT_MODELS, TextModel, create_text_model, from_hf
+from sot_jax.models import factory, registry, text_heads, text_layers
+from sot_jax.models.hf_conversion import from_hf
+from sot_jax.models.registry import TEXT_MODELS
+from sot_jax.models.text import TextModel, create_text_model
 
 # The conversions agree to ~4e-7; 1e-5 (tighter than the 1e-4 asked for) also catches a wrong GELU variant (~2e-4).
 TOL = 1e-5
@@ -371,7 +373,7 @@ def test_attention_dropout_path_matches_fused_attention():
         causal: bool
 
         def __call__(self, q, k, v, mask, rate, train):
-            return bert.attend(self, q, k, v, mask, self.causal, rate, train)
+            return text_layers.attend(self, q, k, v, mask, self.causal, rate, train)
 
     q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 6, 2, 4))
     mask = jnp.asarray([[True] * 6, [True] * 3 + [False] * 3])
@@ -396,7 +398,7 @@ def test_names_options_and_registry():
              for suffix in ("", "_sot")]  # fmt: skip
     assert sorted(TEXT_MODELS) == sorted(names)
     assert set(names) <= set(registry.list_models())
-    model = registry.create_model("bert_large_sot", num_classes=5)
+    model = factory.create_model("bert_large_sot", num_classes=5)
     assert isinstance(model, TextModel) and model.head == "sot_text" and model.num_classes == 5
     assert model.encoder_config["hidden_size"] == 1024 and model.head_config["dropout"] == 0.8
     assert model.head_config["q"] == 56 and model.head_config["k"] == 32
@@ -462,8 +464,8 @@ def test_embedding_lookup_has_the_gradient_of_take():
     table = jnp.asarray(np.random.default_rng(0).normal(size=(7, 3)), jnp.float32)
     ids = jnp.array([[0, 0, 5, 0], [6, 5, 0, 2]])
     weights = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 3)), jnp.float32)
-    np.testing.assert_array_equal(bert.embedding_lookup(table, ids), jnp.take(table, ids, axis=0))
-    ours = jax.grad(lambda t: jnp.sum(jnp.sin(bert.embedding_lookup(t, ids)) * weights))(table)
+    np.testing.assert_array_equal(text_layers.embedding_lookup(table, ids), jnp.take(table, ids, axis=0))
+    ours = jax.grad(lambda t: jnp.sum(jnp.sin(text_layers.embedding_lookup(t, ids)) * weights))(table)
     autodiff = jax.grad(lambda t: jnp.sum(jnp.sin(jnp.take(t, ids, axis=0)) * weights))(table)
     np.testing.assert_allclose(ours, autodiff, rtol=1e-6)
 

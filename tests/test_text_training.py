@@ -8,10 +8,9 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
-from conftest import load_config, write_glue
-from test_train import assert_trees_close
+from conftest import assert_trees_close, load_config, write_glue
 
-from sot_jax import checkpoints, convert, data, evaluate, recipes, train
+from sot_jax import checkpoints, convert, evaluate, experiment, train
 from sot_jax.data import brackets
 from sot_jax.errors import UserError
 
@@ -40,15 +39,15 @@ def text_config(tmp_path_factory):
 @pytest.mark.slow
 def test_the_text_demo_trains_resumes_exactly_and_reports_mcc(text_config, tmp_path, capsys):
     config = text_config()
-    uninterrupted = train.train_and_evaluate(config, tmp_path / "a")
+    uninterrupted = train.train_and_evaluate(experiment.build(config), tmp_path / "a")
     assert "val_glue: final" in capsys.readouterr().out  # the final and the best dev score (CoLA's: the MCC)
 
     def interrupt(step):
         if step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    assert int(train.train_and_evaluate(config, tmp_path / "b", after_step=interrupt).step) == 2
-    resumed = train.train_and_evaluate(config, tmp_path / "b")
+    assert int(train.train_and_evaluate(experiment.build(config), tmp_path / "b", after_step=interrupt).step) == 2
+    resumed = train.train_and_evaluate(experiment.build(config), tmp_path / "b")
     assert_trees_close(uninterrupted.params, resumed.params)  # exact: tolerances 0
     assert_trees_close(uninterrupted.batch_stats, resumed.batch_stats)  # the SoT text head's BatchNorm
     rows = [json.loads(r) for r in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
@@ -86,7 +85,8 @@ def test_an_uncased_hf_bert_fine_tunes_with_its_own_tokenizer_architecture_and_s
         config.model.dtype = "float32"
         return config
 
-    states = {seed: train.train_and_evaluate(glue_config(seed=seed), tmp_path / f"run{seed}") for seed in (1, 2)}
+    runs = {seed: experiment.build(glue_config(seed=seed)) for seed in (1, 2)}
+    states = {seed: train.train_and_evaluate(run, tmp_path / f"run{seed}") for seed, run in runs.items()}
     said = capsys.readouterr().out
     assert "vocab_size 15" in said and "layer_norm_eps 1e-07" in said and "activation gelu_new" in said
     assert f"vocab {tmp_path / 'ckpt' / 'tokenizer'}" in said
@@ -97,9 +97,9 @@ def test_an_uncased_hf_bert_fine_tunes_with_its_own_tokenizer_architecture_and_s
     assert not np.allclose(heads[0], heads[1])  # the head starts from the seed
     assert heads[0].shape == (32, 96)  # CoLA's official head: MGCrP_q 96, MGCrP_k 48
 
-    config, _ = checkpoints.resolve_init_from(glue_config())
-    source = data.sources.get_source(config.dataset, config.data_dir)
-    ours = data.tokenizer(source, config)
+    config = glue_config()
+    resolved = experiment.build(config)
+    source, ours = resolved.source, resolved.tokenizer
     assert ours.lower_case and Path(ours.source).parent == tmp_path / "ckpt" / "tokenizer"
     first, _, _ = source.texts("train")
     assert any(c.isupper() for c in first[0])
@@ -107,16 +107,17 @@ def test_an_uncased_hf_bert_fine_tunes_with_its_own_tokenizer_architecture_and_s
     np.testing.assert_array_equal(source.encoded("train", ours, 16)["input_ids"], theirs["input_ids"])
 
     with pytest.raises(UserError, match=r"are \[UNK\] .*lower_case False.*set --config.input.lower_case=True"):
-        train.train_and_evaluate(glue_config(input=ml_collections.ConfigDict({**config.input, "lower_case": False})),
-                                 tmp_path / "cased")  # fmt: skip
+        cased = glue_config(input=ml_collections.ConfigDict({**config.input, "lower_case": False}))
+        train.train_and_evaluate(experiment.build(cased), tmp_path / "cased")
     contradicting = glue_config()
     contradicting.model.hidden_size = 64
     with pytest.raises(UserError, match="contradicts init_from's architecture: model.hidden_size=64 .*32"):
-        train.train_and_evaluate(contradicting, tmp_path / "wider")
+        train.train_and_evaluate(experiment.build(contradicting), tmp_path / "wider")
     (tmp_path / "big_vocab.txt").write_text("\n".join([*vocab, *(f"w{i}" for i in range(30))]) + "\n")
     with pytest.raises(UserError, match="has 45 entries but the model's vocab_size is 15"):
-        train.train_and_evaluate(glue_config(vocab=str(tmp_path / "big_vocab.txt")), tmp_path / "big")
-    results = evaluate.evaluate_checkpoint(glue_config(init_from=str(tmp_path / "run1"), eval_only=True))
+        train.train_and_evaluate(experiment.build(glue_config(vocab=str(tmp_path / "big_vocab.txt"))), tmp_path / "big")
+    evaluation = glue_config(init_from=str(tmp_path / "run1"), eval_only=True)
+    results = evaluate.evaluate_checkpoint(experiment.build(evaluation))
     assert {"val_top1", "val_mcc", "val_glue"} == set(results)
     exported = checkpoints.export_model(str(tmp_path / "run1"), str(tmp_path / "exported"))  # brings its tokenizer
     metadata = checkpoints.read_metadata(str(exported))
@@ -128,7 +129,7 @@ def test_glue_without_a_vocabulary_or_prepared_data_says_what_to_do(text_config,
     config = load_config("configs/sot_glue.py", "bert_base_sot,cola")
     config.data_dir = str(tmp_path)
     with pytest.raises(ValueError, match=r"dataset 'glue/cola' is not prepared .*python -m sot_jax.prepare glue/cola"):
-        train.train_and_evaluate(config, tmp_path / "run")
+        train.train_and_evaluate(experiment.build(config), tmp_path / "run")
     with pytest.raises(ValueError, match="unknown config variant 'bert_huge,cola'"):
         load_config("configs/sot_glue.py", "bert_huge,cola")
 
@@ -141,12 +142,11 @@ def test_roberta_and_gpt_train_through_the_trainer(text_config, tmp_path, name):
     config.model.update({"name": name, "max_position_embeddings": 64})
     if name.startswith("roberta"):
         config.model.pad_token_id = 0  # the brackets vocabulary's [PAD]
-    state = train.train_and_evaluate(config, tmp_path)
+    state = train.train_and_evaluate(experiment.build(config), tmp_path)
     assert int(state.step) == 2
     rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r) and "val_mcc" in rows[-1]
-    source = data.sources.get_source(config.dataset, config.data_dir)
-    batch = next(data.train_batches(source, config, recipes.build_model(config.model, 2), 0))
+    batch = next(experiment.build(config).train_batches(0))
     assert ("token_type_ids" in batch) == name.startswith("roberta")
 
 
@@ -192,7 +192,7 @@ def test_gpt_in_the_gpt1_papers_format_adds_three_learned_tokens(tmp_path, capsy
     config.update({"data_dir": data_dir, "init_from": str(tmp_path / "ckpt"), "batch_size": 16, "total_steps": 1,
                    "eval_batch_size": 32, "lr": 1e-12})  # fmt: skip
     config.input.max_seq_length, config.input.gpt_format, config.model.dtype = 24, "gpt1", "float32"
-    state = train.train_and_evaluate(config, tmp_path / "run")
+    state = train.train_and_evaluate(experiment.build(config), tmp_path / "run")
     assert f"vocab_size {start + 3}" in capsys.readouterr().out
     table = np.asarray(state.params["encoder"]["wte"]["embedding"])
     pretrained = np.asarray(converted["params"]["encoder"]["wte"]["embedding"])
@@ -203,4 +203,4 @@ def test_gpt_in_the_gpt1_papers_format_adds_three_learned_tokens(tmp_path, capsy
     evaluation.update({"data_dir": data_dir, "init_from": str(tmp_path / "run"), "eval_only": True})
     evaluation.input.max_seq_length = 24
     assert checkpoints.resolve_init_from(evaluation)[0].input.gpt_format == "gpt1"  # the run's format
-    assert "val_top1" in evaluate.evaluate_checkpoint(evaluation)
+    assert "val_top1" in evaluate.evaluate_checkpoint(experiment.build(evaluation))

@@ -12,8 +12,8 @@ from conftest import TINY_MODEL
 from PIL import Image
 from test_label_maps import loop_roi_align
 
-from sot_jax import augment, models, recipes, token_labels, train
-from sot_jax.data import label_maps, pipeline, randaugment, sources, transforms
+from sot_jax import augment, experiment, models, recipes, token_labels, train
+from sot_jax.data import label_maps, pipeline, randaugment, source_base, sources, transforms
 
 
 def official_rand_bbox(lam, cy, cx, rows, cols):
@@ -109,7 +109,7 @@ def test_mix_token_draws_one_box_per_group_and_mixes_within_it():
     tokens = jnp.broadcast_to(jnp.arange(8.0)[:, None], (8, 16))  # each token holds its image's index
     differ = 0
     for seed in range(8):
-        inputs, targets, _ = train.augment_images(jax.random.key(seed), batch, model, aug)
+        inputs, targets, _ = train.augment_images(jax.random.key(seed), batch, model, train.Augmentation(**aug))
         boxes = np.asarray(inputs["mix_box"])
         assert boxes.shape == (2, 4)
         mixed = np.asarray(token_labels.mix_tokens(tokens, inputs["mix_box"], model.grid))
@@ -358,13 +358,13 @@ def test_missing_label_folder_and_wrong_class_count_are_clear(tmp_path, tiny_con
             source, config.input, image_size=32, seed=0, global_batch=8, start_step=0, token_grid=(2, 2)
         ))  # fmt: skip
     with pytest.raises(ValueError, match="does not combine with mixup"):
-        train.validate_config(tiny_config(token_label_dir="x", mixup=0.8), 1, 1)
+        experiment.validate_config(tiny_config(token_label_dir="x", mixup=0.8), 1, 1)
     with pytest.raises(ValueError, match="unknown input.token_label_box 'x'; choose one of official, corrected"):
-        train.validate_config(tiny_config(token_label_dir="x", token_label_box="x"), 1, 1)
+        experiment.validate_config(tiny_config(token_label_dir="x", token_label_box="x"), 1, 1)
     with pytest.raises(ValueError, match="unknown input.token_label_outside 'x'; choose one of zero, nearest"):
-        train.validate_config(tiny_config(token_label_dir="x", token_label_outside="x"), 1, 1)
+        experiment.validate_config(tiny_config(token_label_dir="x", token_label_outside="x"), 1, 1)
     with pytest.raises(ValueError, match="unknown input.token_label_resample 'x'; choose one of traced, official"):
-        train.validate_config(tiny_config(token_label_dir="x", token_label_resample="x"), 1, 1)
+        experiment.validate_config(tiny_config(token_label_dir="x", token_label_resample="x"), 1, 1)
 
 
 @pytest.mark.slow
@@ -372,7 +372,7 @@ def test_a_tiny_lvvit_run_trains_on_token_label_maps(tiny_imagenet, tiny_config,
     from sot_jax import convert_labels
 
     records = sources.get_source("imagenet2012", tiny_imagenet).records("train")
-    names = [sources.as_text(records[i]["file_name"]).rsplit(".", 1)[0] for i in range(len(records))]
+    names = [source_base.as_text(records[i]["file_name"]).rsplit(".", 1)[0] for i in range(len(records))]
     by_class = {}
     for name in names:
         by_class.setdefault(name.split("_")[0], []).append(name)
@@ -388,7 +388,7 @@ def test_a_tiny_lvvit_run_trains_on_token_label_maps(tiny_imagenet, tiny_config,
         return config
 
     def train_losses(run, config):
-        state = train.train_and_evaluate(config, tmp_path / run)
+        state = train.train_and_evaluate(experiment.build(config), tmp_path / run)
         assert int(state.step) == 3 and state.params["norm"]["scale"].shape == (TINY_MODEL["embed_dim"],)
         records = [json.loads(r) for r in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
         return [r["loss"] for r in records if "loss" in r]

@@ -38,7 +38,7 @@ from PIL import Image
 
 from sot_jax.data import transforms
 from sot_jax.data.label_maps import LabelMaps, sample_label_map
-from sot_jax.data.sources import Records, Source, as_text
+from sot_jax.data.source_base import Records, Source, as_text
 from sot_jax.errors import UserError, check_choice
 
 # A label-map batch's (class, weight) pairs: tokens' (B, N, P), class target's (B, h·w·K).

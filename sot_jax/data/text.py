@@ -4,7 +4,7 @@
     source = get_text_source("glue/cola", data_dir)
     batches = text_train_batches(source, tokenizer, max_seq_length=128, seed=42, global_batch=32, start_step=0)
 
-Sources are `TextSource`s (a `sources.Source` whose splits are tokenized once, in Python, and cached): GLUE's
+Sources are `TextSource`s (a `source_base.Source` whose splits are tokenized once, in Python, and cached): GLUE's
 classification tasks from TFDS (`glue/cola`, ...; `python -m sot_jax.prepare glue/cola --data_dir=DIR`) and the
 embedded `brackets` corpus (`sot_jax.data.brackets`, prepared on first use). Labels follow TFDS's class order
 (`source.label_names`; MNLI: entailment, neutral, contradiction, which differs from HF's GLUE processors).
@@ -20,7 +20,7 @@ import numpy as np
 
 from sot_jax.data import brackets, pipeline
 from sot_jax.data.glue import GLUE_TASKS, TextTask
-from sot_jax.data.sources import Source, TfdsRecords, as_text, tfds_builder
+from sot_jax.data.source_base import Source, TfdsRecords, as_text, tfds_builder
 from sot_jax.data.tokenization import Tokenizer, check_unknown_rate, encode
 from sot_jax.errors import UserError, check_choice
 
@@ -218,12 +218,15 @@ def text_eval_batches(
     global_batch: int,
     process_index: int = 0,
     process_count: int = 1,
+    token_types: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Every example of `split` once, in stored order, in whole global batches (each process its contiguous
     slice of each), as `text_train_batches` plus `mask` int32 (0 on padding). Padding rows repeat the split's
     first example (a valid input: a row without any attended token could give NaN logits) with label 0."""
     local = _local_batch(global_batch, process_count)
-    arrays = source.encoded(split, tokenizer, max_seq_length)
+    arrays = dict(source.encoded(split, tokenizer, max_seq_length))
+    if not token_types:
+        arrays.pop("token_type_ids")
     count = len(arrays["label"])
     total = math.ceil(count / global_batch) * global_batch
     mask = (np.arange(total) < count).astype(np.int32)

@@ -1,4 +1,4 @@
-"""The model registry.
+"""The models, vision and text, by registered name.
 
     from sot_jax import models
     models.list_models()
@@ -12,23 +12,18 @@ Training: `model.apply(variables, images, train=True, rngs={"dropout": key}, mut
 the LV-ViT `token_label` head, which return `PairedLogits` (class-token logits, other logits); see
 `heads.PairedLogits`.
 
-Files: `registry.py` (names, `create_model`), `torch_conversion.py` (`from_torch`), `heads.py` (the head registry),
-`vision_transformer.py` (the shared trunk), one file per family (`deit.py`, `sot.py`, `hvt.py`, `lvvit.py`).
-Language transformers (BERT, RoBERTa, GPT, GPT-2, with the SoT text head): `text.py` (`create_text_model`,
-`from_hf`), `bert.py`, `gpt.py`, `text_heads.py`.
+Files: `registry.py` (every name, vision and text), `factory.py` (`create_model`, its options), `torch_conversion.py`
+(`from_torch`), `heads.py` (the head registry), `vision_transformer.py` (the shared trunk), one file per family
+(`deit.py`, `sot.py`, `hvt.py`, `lvvit.py`). Language transformers (BERT, RoBERTa, GPT, GPT-2, with the SoT text
+head): `text.py` (`create_text_model`), `hf_conversion.py` (`from_hf`), `bert.py`, `gpt.py`, their shared layers
+`text_layers.py`, `text_heads.py`.
 """
 
+from sot_jax.models.factory import OPTIONS, abstract_variables, count_params, create_model, example_inputs
 from sot_jax.models.heads import HEADS, PairedLogits
-from sot_jax.models.registry import (
-    OPTIONS,
-    abstract_variables,
-    count_params,
-    create_model,
-    example_inputs,
-    get_spec,
-    list_models,
-)
-from sot_jax.models.text import TEXT_MODELS, create_text_model, from_hf
+from sot_jax.models.hf_conversion import from_hf
+from sot_jax.models.registry import TEXT_MODELS, get_spec, list_models
+from sot_jax.models.text import create_text_model
 from sot_jax.models.torch_conversion import (
     convert_variables,
     from_torch,

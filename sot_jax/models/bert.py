@@ -5,13 +5,11 @@ LayerNorm -> post-LN blocks (self-attention with a padding mask, then GELU MLP).
 position ids, `pad_token_id + cumsum(input_ids != pad_token_id)` on real tokens and `pad_token_id` on padding
 (HF's `create_position_ids_from_input_ids`), and in its classification head.
 
-Flax names map to HF's through `hf_module_key` and `HEAD_KEYS`, so `text.from_hf` reads `save_pretrained`
+Flax names map to HF's through `hf_module_key` and `HEAD_KEYS`, so `hf_conversion.from_hf` reads `save_pretrained`
 checkpoints.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -19,86 +17,9 @@ import jax.numpy as jnp
 
 from sot_jax.errors import UserError
 from sot_jax.models.layers import Dtype
+from sot_jax.models.text_layers import attend, dense, embedding_lookup, embedding_table, feed_forward, layer_norm
 
-# HF initializes Linear and Embedding weights N(0, initializer_range = 0.02), untruncated.
-text_init = nn.initializers.normal(0.02)
-
-# Activation names as HF's ACT2FN spells them: "gelu" is the exact (erf) GELU, "gelu_new" the tanh approximation.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: nn.gelu(x, approximate=True),
-    "relu": nn.relu,
-    "silu": nn.silu,
-}
 POSITION_IDS = ("absolute", "roberta")
-
-
-def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(features, use_bias=use_bias, kernel_init=text_init, dtype=dtype, name=name)
-
-
-def layer_norm(epsilon: float, name: str, dtype: Dtype) -> nn.LayerNorm:
-    # Two-pass variance, as PyTorch computes it: the fast E[x²] - E[x]² loses digits on post-LN residuals.
-    return nn.LayerNorm(epsilon, dtype=dtype, use_fast_variance=False, name=name)
-
-
-def attend(
-    module: nn.Module,
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    key_mask: jax.Array,
-    causal: bool,
-    dropout_rate: float,
-    train: bool,
-) -> jax.Array:
-    """Softmax attention of (B, L, heads, head_dim) q, k, v with scale head_dim^-0.5; `key_mask` (B, L) is True on
-    real tokens. Logits and softmax in float32. Queries whose keys are all masked get some average of the values
-    (HF's outputs there are arbitrary as well): compare real positions only."""
-    mask = key_mask[:, None, None, :]
-    if not train or dropout_rate == 0.0:
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="xla")
-    # jax.nn.dot_product_attention has no dropout; HF drops attention probabilities in training.
-    length = q.shape[1]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
-    if causal:
-        mask = mask & jnp.tril(jnp.ones((length, length), bool))
-    probs = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
-    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - dropout_rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-
-
-@jax.custom_vjp
-def embedding_lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
-    """Rows `ids` of `table`; the gradient is one scatter-add that XLA may not fuse with what produces it. (Fused
-    into the backward pass's last elementwise ops, the scatter of BERT-base's three embeddings took 130–170 ms of
-    a 210 ms step on an H200; alone it takes under 0.5 ms: bench/embedding_backward.py.)"""
-    return jnp.take(table, ids, axis=0)
-
-
-def _lookup_forward(table, ids):
-    return jnp.take(table, ids, axis=0), (table, ids)
-
-
-def _lookup_backward(residuals, grads):
-    table, ids = residuals
-    grads = jax.lax.optimization_barrier(grads)
-    return jnp.zeros(table.shape, jnp.float32).at[ids].add(grads.astype(jnp.float32)).astype(table.dtype), None
-
-
-embedding_lookup.defvjp(_lookup_forward, _lookup_backward)
-
-
-def embedding_table(module_name: str, num: int, features: int) -> jax.Array:
-    """The (num, features) table of an `nn.Embed` named `module_name` (its `embedding` parameter, HF's init), to
-    read with `embedding_lookup`."""
-    return nn.Embed(num, features, embedding_init=text_init, name=module_name).embedding
-
-
-def check_activation(name: str) -> None:
-    if name not in ACTIVATIONS:
-        raise UserError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
 
 
 class BertEmbeddings(nn.Module):
@@ -162,10 +83,8 @@ class BertLayer(nn.Module):
         x = layer_norm(self.layer_norm_eps, "attention_norm", self.dtype)(
             x + drop(dense(dim, "attention_dense", self.dtype)(y))
         )
-        y = ACTIVATIONS[self.activation](dense(self.intermediate_size, "intermediate", self.dtype)(x))
-        return layer_norm(self.layer_norm_eps, "output_norm", self.dtype)(
-            x + drop(dense(dim, "output_dense", self.dtype)(y))
-        )
+        y = feed_forward(x, self.intermediate_size, self.activation, self.dtype, ("intermediate", "output_dense"))
+        return layer_norm(self.layer_norm_eps, "output_norm", self.dtype)(x + drop(y))
 
 
 class BertEncoder(nn.Module):

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from sot_jax.errors import UserError
-from sot_jax.models.bert import ACTIVATIONS, attend, dense, embedding_lookup, embedding_table, layer_norm
 from sot_jax.models.layers import Dtype
+from sot_jax.models.text_layers import attend, dense, embedding_lookup, embedding_table, feed_forward, layer_norm
 
 STYLES = ("gpt", "gpt2")
 
@@ -42,8 +42,7 @@ class GPTBlock(nn.Module):
         return nn.Dropout(self.dropout, deterministic=not train)(y)
 
     def mlp(self, x: jax.Array, train: bool) -> jax.Array:
-        y = ACTIVATIONS[self.activation](dense(self.intermediate_size, "c_fc", self.dtype)(x))
-        y = dense(x.shape[-1], "mlp_proj", self.dtype)(y)
+        y = feed_forward(x, self.intermediate_size, self.activation, self.dtype, ("c_fc", "mlp_proj"))
         return nn.Dropout(self.dropout, deterministic=not train)(y)
 
     @nn.compact

@@ -141,10 +141,11 @@ POOLINGS: dict[str, Pooling] = {
     )(tokens),
 }
 HEADS = ("cls", "token_label", *POOLINGS)
-# ClassifierHead's options: `create_model` keywords and `config.model` keys under these same names.
-HEAD_OPTIONS = (
-    "head", "fusion", "svpn", "svpn_alpha", "wr_dim", "mgcrp_heads", "head_dropout", "gem_groups", "gem_positive",
-)  # fmt: skip
+# ClassifierHead's options and their types: `create_model` keywords and `config.model` keys under these names.
+HEAD_OPTIONS = {
+    "head": str, "fusion": str, "svpn": str, "svpn_alpha": float, "wr_dim": int, "mgcrp_heads": int,
+    "head_dropout": float, "gem_groups": int, "gem_positive": str,
+}  # fmt: skip
 
 
 def check_head_options(options: dict[str, Any], has_cls_token: bool) -> None:

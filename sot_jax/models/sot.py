@@ -87,8 +87,8 @@ class ConvMaxPool(nn.Module):
     of the 3×3 neighbourhood of cell o in the 2×2 space-to-depth image. So one 3×3 convolution of that image with
     9·C outputs (the 3×3 kernel placed at each offset) followed by a maximum over the nine gives the same values.
     This replaces the 224²×C activation, its max-pool scatter and its 3-channel weight gradient with GEMM-shaped
-    work at 112² (SoT-Small's stem, forward + backward at batch 256 on an H200: 50.8 → 45.5 ms; 9× the FLOPs, so
-    slower on a CPU). Same parameters as the plain `nn.Conv`.
+    work at 112²: faster on a GPU despite 9× the FLOPs, slower on a CPU (BENCHMARKS.md, "Training throughput").
+    Same parameters as the plain `nn.Conv`.
     """
 
     features: int

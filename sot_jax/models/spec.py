@@ -1,4 +1,4 @@
-"""What the registry knows about each model name."""
+"""What the registry knows about each model name: `ModelSpec` (vision), `TextSpec` (text)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class ModelSpec:
     """A registered model: its trunk, stem and default head, and how its parameters are named in PyTorch.
 
     `stem(embed_dim, dtype, **options)` builds the stem; `stem_options` names the `create_model` options it takes
-    as keywords (`registry.STEM_OPTIONS`; the BatchNorm stems: bn_group_size), which other models ignore.
+    as keywords (`factory.STEM_OPTIONS`; the BatchNorm stems: bn_group_size), which other models ignore.
 
     `torch_renames` maps a dotted Flax path prefix (after `blocks_3` -> `blocks.3`) to the official PyTorch key
     prefix; `torch_ignored` lists official keys that hold no trainable state here (e.g. SoT's fixed sinusoid).
@@ -28,3 +28,12 @@ class ModelSpec:
     stem_options: tuple[str, ...] = ()
     torch_renames: tuple[tuple[str, str], ...] = ()
     torch_ignored: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSpec:
+    """A registered text model: its family, sizes and default head."""
+
+    family: str
+    sizes: dict[str, int]
+    head: str

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from sot_jax import ops
-from sot_jax.models.bert import dense
 from sot_jax.models.layers import Dtype
+from sot_jax.models.text_layers import dense
 
 # kaiming_normal_(mode="fan_out", nonlinearity="relu") of a 1×1 convolution: N(0, 2 / out_channels), untruncated.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")

@@ -10,7 +10,8 @@ import flax
 import numpy as np
 
 from sot_jax.errors import UserError
-from sot_jax.models.registry import abstract_variables, create_model, get_spec
+from sot_jax.models.factory import abstract_variables, create_model
+from sot_jax.models.registry import get_spec
 
 _LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
