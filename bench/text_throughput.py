@@ -65,7 +65,7 @@ def jax_row(spec: str, batch: int, steps: int, profile_dir: str | None = None) -
 
     import jax
 
-    from sot_jax import optim, recipes, sharding, train
+    from sot_jax import experiment, sharding
 
     module_spec = importlib.util.spec_from_file_location("sot_glue", "configs/sot_glue.py")
     module = importlib.util.module_from_spec(module_spec)
@@ -76,17 +76,10 @@ def jax_row(spec: str, batch: int, steps: int, profile_dir: str | None = None) -
     for option in filter(None, options.split(",")):
         key, value = option.split("=")
         config.model[key] = value if key in ("head", "svpn") else (float(value) if "." in value else int(value))
-    model = recipes.build_model(config.model, num_classes=2)
-    total_steps = 10_000
-    abstract = jax.eval_shape(lambda: train.initial_state(model, config, total_steps))
-    mesh = sharding.make_mesh()
-    shardings = sharding.state_shardings(abstract, mesh, "data")
-    state = jax.jit(lambda: train.initial_state(model, config, total_steps), out_shardings=shardings)()
-    tx, schedule = optim.make_optimizer(config, abstract.params, total_steps)
-    batch_sharding = sharding.batch_sharding(mesh)
-    step_fn = train.jit_train_step(model, tx, schedule, config, shardings, batch_sharding)
-    data = sharding.global_batch(synthetic_batch(batch, gpt=model_name.startswith("gpt")), batch_sharding)
-    holder = {"state": state}
+    trainer = experiment.build_trainer(config, num_classes=2, total_steps=10_000)
+    step_fn = trainer.jit_step()
+    data = sharding.global_batch(synthetic_batch(batch, gpt=model_name.startswith("gpt")), trainer.batch_sharding)
+    holder = {"state": trainer.initial_state()}
 
     def step():
         holder["state"], metrics = step_fn(holder["state"], data)
