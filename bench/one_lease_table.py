@@ -46,14 +46,17 @@ def main() -> None:
     def cell(value, form="{:,.0f}"):
         return form.format(value) if value is not None else "not measured"
 
+    def measured(key: str, metric: str) -> tuple[dict, float | None, float | None, float | None]:
+        """A row's JAX result, its PyTorch eager and compiled rates, and the better of the two."""
+        eager = rows.get(f"{key}_torch_eager", {}).get(metric)
+        compiled = rows.get(f"{key}_torch_compile", {}).get(metric)
+        return rows.get(f"{key}_jax", {}), eager, compiled, max(filter(None, [eager, compiled]), default=None)
+
     print("| model (batch 256) | sot_jax img/s (step ms) | GFLOP / img / step | MFU | peak GiB | PyTorch eager | "
           "PyTorch compiled | vs best PyTorch |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
     for label, key in VISION.items():
-        jax_row = rows.get(f"{key}_jax", {})
-        eager = rows.get(f"{key}_torch_eager", {}).get("train_img_s")
-        compiled = rows.get(f"{key}_torch_compile", {}).get("train_img_s")
+        jax_row, eager, compiled, best = measured(key, "train_img_s")
         speed = jax_row.get("train_img_s")
-        best = max(filter(None, [eager, compiled]), default=None)
         flop = jax_row.get("step_tflop")
         cells = [
             label,
@@ -69,11 +72,8 @@ def main() -> None:
     print("\n| text model (seq 128) | sot_jax seq/s | peak GiB | HF eager | HF compiled | vs best PyTorch |\n"
           "|---|---|---|---|---|---|")  # fmt: skip
     for label, key in TEXT.items():
-        jax_row = rows.get(f"{key}_jax", {})
-        eager = rows.get(f"{key}_torch_eager", {}).get("seq_per_s")
-        compiled = rows.get(f"{key}_torch_compile", {}).get("seq_per_s")
+        jax_row, eager, compiled, best = measured(key, "seq_per_s")
         speed = jax_row.get("seq_per_s")
-        best = max(filter(None, [eager, compiled]), default=None)
         cells = [label, cell(speed), cell(jax_row.get("peak_GiB"), "{:.1f}"), cell(eager), cell(compiled)]
         cells.append(f"**{speed / best:.2f}×**" if speed and best else "")
         print("| " + " | ".join(cells) + " |")
