@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sot_jax import checkpoints, data, models, recipes, sharding
+from sot_jax import checkpoints, data, recipes, sharding
 from sot_jax.errors import UserError
 
 if TYPE_CHECKING:  # the type only: experiment.py builds on this module
@@ -280,15 +280,13 @@ def evaluate_checkpoint(experiment: Experiment, workdir: str | None = None) -> d
         raise UserError(f"--workdir is required: the submission files ({submissions[0].submission}, ...) go there")
     evaluator = Evaluator(model, experiment.eval_sets, mesh)
     loaded = checkpoints.read_init_variables(init_from)
-    fresh = models.abstract_variables(model)
+    fresh = experiment.trainer.abstract_state  # the model's variables as shapes
     results = {}
     for prefix in ("", "ema_"):
         if f"{prefix}params" not in loaded:
             continue
-        params = checkpoints.merge_exact(fresh["params"], loaded[f"{prefix}params"], init_from)
-        batch_stats = checkpoints.merge_exact(
-            fresh.get("batch_stats", {}), loaded.get(f"{prefix}batch_stats", {}), init_from
-        )
+        params = checkpoints.merge_exact(fresh.params, loaded[f"{prefix}params"], init_from)
+        batch_stats = checkpoints.merge_exact(fresh.batch_stats, loaded.get(f"{prefix}batch_stats", {}), init_from)
         params, batch_stats = jax.device_put((params, batch_stats), sharding.replicated(mesh))
         results.update({prefix + k: v for k, v in evaluator(params, batch_stats).items()})
         if not prefix and submissions and jax.process_index() == 0:
