@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
@@ -73,8 +74,6 @@ def validate_config(config: Any, num_devices: int, process_count: int) -> None:
 
 def build_model(model_config: Any, num_classes: int) -> Any:
     """The model `config.model` describes (`models.create_model`, the same checks and messages)."""
-    import jax.numpy as jnp
-
     check_choice("model.dtype", model_config.dtype, ("float32", "bfloat16"))
     overrides = {**recipes.model_overrides(model_config), "dtype": jnp.dtype(model_config.dtype)}
     return models.create_model(model_config.name, num_classes=num_classes, **overrides)
@@ -120,12 +119,10 @@ class Trainer:
         )
 
 
-def build_trainer(
-    config: Any, num_classes: int, total_steps: int, model: Any = None, mesh: Mesh | None = None
-) -> Trainer:
-    """The `Trainer` of `config` for `num_classes` and a schedule of `total_steps`. For benchmarks: `model` replaces
-    the one `config.model` describes, `mesh` the one over every device."""
-    model = model if model is not None else build_model(config.model, num_classes)
+def build_trainer(config: Any, num_classes: int, total_steps: int, mesh: Mesh | None = None) -> Trainer:
+    """The `Trainer` of `config` for `num_classes` and a schedule of `total_steps`; `mesh` (benchmarks) replaces the
+    one over every device."""
+    model = build_model(config.model, num_classes)
     abstract_params = models.abstract_variables(model)["params"]
     tx, schedule = optim.make_optimizer(config, abstract_params, total_steps)
     options = step_options(config)
@@ -190,7 +187,7 @@ def build(config: Any) -> Experiment:
         vocab_size = getattr(model, "encoder_config", {}).get("vocab_size")
         vocab, lower_case = config.get("vocab", ""), config.input.get("lower_case")
         tokenizer = data.load_tokenizer(source, vocab, lower_case, gpt_format, vocab_size)
-        token_types = model.family not in ("gpt", "gpt2")  # HF's GPT adds the token embedding of any type ids
+        token_types = model.family in models.text.BERT_FAMILIES  # HF's GPT adds the token embedding of any type ids
         text_options = {"max_seq_length": config.input.max_seq_length, "token_types": token_types, **shard}
         record = {"label_names": source.label_names, "vocab": tokenizer.source, "lower_case": tokenizer.lower_case,
                   "gpt_format": gpt_format}  # fmt: skip
