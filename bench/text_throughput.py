@@ -7,7 +7,8 @@ against HF transformers' PyTorch `BertForSequenceClassification` and `GPT2ForSeq
     python bench/text_throughput.py --batches 32 --rows jax:gpt2_sot torch:gpt2:eager torch:gpt2:compile
 
 Rows are FRAMEWORK:VARIANT. JAX: MODEL[:KEY=VALUE,...], a text model of `configs/sot_glue.py` (its CoLA recipe) with
-`config.model` overrides. PyTorch: [gpt2:]MODE, MODE eager or compile (BERT without the prefix).
+`config.model` overrides (and `bound=cudnn`: cuDNN's fused attention without attention dropout, a bound).
+PyTorch: [gpt2:]MODE, MODE eager or compile (BERT without the prefix).
 
 Each row runs in its own process (its own peak memory): synthetic token ids at sequence length 128, every token
 real (no padding), 2 classes, bf16 compute (JAX: `dtype=bfloat16` with float32 parameters; PyTorch: bf16
@@ -75,6 +76,9 @@ def jax_row(spec: str, batch: int, steps: int, profile_dir: str | None = None) -
     config.batch_size = batch
     for option in filter(None, options.split(",")):
         key, value = option.split("=")
+        if key == "bound" and value == "cudnn":
+            use_cudnn_attention_without_dropout()
+            continue
         config.model[key] = value if key in ("head", "svpn") else (float(value) if "." in value else int(value))
     trainer = experiment.build_trainer(config, num_classes=2, total_steps=10_000)
     step_fn = trainer.jit_step()
@@ -92,12 +96,38 @@ def jax_row(spec: str, batch: int, steps: int, profile_dir: str | None = None) -
     row = {"row": f"jax {spec}", "batch": batch, "seq_per_s": batch / seconds, "peak_GiB": peak,
            "jax": jax.__version__, "device": jax.devices()[0].device_kind}  # fmt: skip
     if profile_dir:
-        row["top_kernels_ms"] = profile(step, step_fn.lower(holder["state"], data).compile().as_text(), profile_dir)
+        row["profile"] = profile(step, step_fn.lower(holder["state"], data).compile().as_text(), profile_dir)
     return row
 
 
+KERNEL_CLASSES = (  # by kernel name, for both frameworks' profiles
+    ("attention (fused)", ("fmha", "sdpa", "flash", "attention")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_")),
+)
+
+
+def kernel_class(name: str) -> str:
+    name = name.lower()
+    return next((c for c, keys in KERNEL_CLASSES if any(k in name for k in keys)), "other (elementwise, reductions)")
+
+
+def use_cudnn_attention_without_dropout() -> None:
+    """The `bound=cudnn` row option: BERT's and GPT's attention becomes cuDNN's fused kernel, without attention
+    dropout and without the key mask (every synthetic token is real). Not a model: it bounds what a fused
+    attention-with-dropout kernel could save."""
+    import jax
+
+    from sot_jax.models import bert, gpt
+
+    def attend(module, q, k, v, key_mask, causal, dropout_rate, train):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+
+    bert.attend = gpt.attend = attend
+
+
 def profile(step, hlo_text: str, profile_dir: str, steps: int = 3) -> dict:
-    """GPU kernel milliseconds per step by the Flax op that emitted them (the top 25), from a trace of `steps`."""
+    """GPU kernel milliseconds per step by the Flax op that emitted them (the top 40) and by kernel class, from a
+    trace of `steps` (run with command buffers off, so each kernel names its HLO op)."""
     import collections
     import re
 
@@ -108,15 +138,35 @@ def profile(step, hlo_text: str, profile_dir: str, steps: int = 3) -> dict:
         for _ in range(steps):
             step()
     op_names = dict(re.findall(r"%([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo_text))
-    by_op = collections.Counter()
+    by_op, by_class = collections.Counter(), collections.Counter()
     for event in (event for kernels in gpu_kernels(profile_dir).values() for event in kernels):
         hlo_op = event.get("args", {}).get("hlo_op", "")
         name = re.sub(r"layer_\d+", "layer_*", op_names.get(hlo_op, hlo_op))
         by_op[f"{event['name'][:40]} | {name[-110:]}"] += event["dur"] / 1e3 / steps
-    return dict(by_op.most_common(25))
+        by_class[kernel_class(event["name"])] += event["dur"] / 1e3 / steps
+    return {"by_class_ms": dict(by_class.most_common()), "top_ms": dict(by_op.most_common(40))}
 
 
-def torch_row(variant: str, batch: int, steps: int) -> dict:
+def torch_profile(step, steps: int = 3) -> dict:
+    """GPU kernel milliseconds per step by kernel name (the top 40) and by kernel class, from torch.profiler."""
+    import collections
+
+    import torch
+
+    activity = torch.profiler.ProfilerActivity
+    with torch.profiler.profile(activities=[activity.CUDA if torch.cuda.is_available() else activity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    by_kernel, by_class = collections.Counter(), collections.Counter()
+    for event in prof.key_averages():
+        ms = (event.self_device_time_total or event.self_cpu_time_total) / 1e3 / steps
+        if ms > 0:
+            by_kernel[event.key[:90]] += ms
+            by_class[kernel_class(event.key)] += ms
+    return {"by_class_ms": dict(by_class.most_common()), "top_ms": dict(by_kernel.most_common(40))}
+
+
+def torch_row(variant: str, batch: int, steps: int, profile: bool = False) -> dict:
     """`variant` = [gpt2:]MODE: HF's BERT-base (default) or GPT-2 sequence classifier, MODE eager or compile."""
     import torch
     import transformers
@@ -155,8 +205,11 @@ def torch_row(variant: str, batch: int, steps: int) -> dict:
         step()
     seconds = median_step_seconds(step, steps)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
-    return {"row": f"torch {mode} (HF {type(model).__name__})", "batch": batch, "seq_per_s": batch / seconds,
-            "peak_GiB": peak, "torch": torch.__version__, "transformers": transformers.__version__}  # fmt: skip
+    row = {"row": f"torch {mode} (HF {type(model).__name__})", "batch": batch, "seq_per_s": batch / seconds,
+           "peak_GiB": peak, "torch": torch.__version__, "transformers": transformers.__version__}  # fmt: skip
+    if profile:
+        row["profile"] = torch_profile(step)
+    return row
 
 
 def main() -> None:
@@ -165,12 +218,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rows", nargs="+", help="FRAMEWORK:VARIANT rows (default: " + " ".join(
         ":".join(r) for r in ROWS) + ")")
-    parser.add_argument("--profile", help="trace the JAX rows under this folder and print their top kernels")
+    parser.add_argument("--profile", help="trace the rows (the JAX ones under this folder, with command buffers off "
+                        "so each kernel names its op) and print their top kernels")  # fmt: skip
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--no-xla-defaults", action="store_true", help="leave XLA_FLAGS as given, without "
                         "sot_jax.xla_defaults (the 'before' column of BENCHMARKS.md's XLA defaults table)")  # fmt: skip
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # internal: framework, variant, batch
     args = parser.parse_args()
+    if args.profile:  # before the backend starts; a user's own value of the flag wins
+        from sot_jax import xla_defaults
+
+        xla_defaults.apply(("--xla_gpu_enable_command_buffer=",))
     if not args.no_xla_defaults:
         from sot_jax import xla_defaults
 
@@ -180,7 +238,7 @@ def main() -> None:
         if framework == "jax":
             row = jax_row(variant, int(batch), args.steps, args.profile and f"{args.profile}/{variant}_{batch}")
         else:
-            row = torch_row(variant, int(batch), args.steps)
+            row = torch_row(variant, int(batch), args.steps, profile=bool(args.profile))
         print("RESULT " + json.dumps(row), flush=True)
         return
     rows = [tuple(r.split(":", 1)) for r in args.rows] if args.rows else ROWS
@@ -199,8 +257,9 @@ def main() -> None:
             row = results[-1]
             print(f"batch {batch:4d}  {row['row']:52s} {row['seq_per_s']:9.0f} seq/s  peak {row['peak_GiB']:.1f} GiB",
                   flush=True)  # fmt: skip
-            for kernel, ms in row.get("top_kernels_ms", {}).items():
-                print(f"    {ms:8.2f} ms  {kernel}", flush=True)
+            for table in row.get("profile", {}).values():
+                for kernel, ms in table.items():
+                    print(f"    {ms:8.2f} ms  {kernel}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

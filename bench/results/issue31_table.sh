@@ -8,7 +8,8 @@
 #   bench/results/issue31_table.sh STATE_DIR DEADLINE_SECONDS [REFS]
 # REFS (default .refs) holds SoT (jiangtaoxie/SoT), HVT (zhuang-group/HVT), TokenLabeling (zihangJiang/
 # TokenLabeling) and timm_0.3.4, timm_0.3.2, timm_0.4.5 (each wheel unzipped). With $OUT set, STATE's results
-# (rows.jsonl), the log and the device's versions are copied there after every row.
+# (rows.jsonl), the log and the device's versions are copied there after every row. With ONLY="NAME ...", only
+# those rows run.
 set -u
 PYTHON=${PYTHON:-python3}
 state=${1:?STATE_DIR}
@@ -43,6 +44,7 @@ run() {  # NAME ESTIMATE TIMEOUT COMMAND...: the command's last JSON line (RESUL
   local name=$1 estimate=$2 limit=$3
   shift 3
   [ -s "$state/$name.json" ] && return
+  [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return
   local left=$((deadline - SECONDS))
   if [ "$estimate" -gt "$left" ]; then echo "$name: left for the next call (estimate ${estimate} s, ${left} s left)"; return; fi
   [ "$limit" -gt "$left" ] && limit=$left
@@ -103,6 +105,9 @@ text bert_b32_torch_compile 90 300 torch compile 32
 text gpt2_b32_jax 60 200 jax gpt2_sot 32
 text gpt2_b32_torch_eager 30 150 torch gpt2:eager 32
 text gpt2_b32_torch_compile 90 300 torch gpt2:compile 32
+text gpt2_b256_jax 60 200 jax gpt2_sot 256
+text gpt2_b256_torch_eager 30 150 torch gpt2:eager 256
+text gpt2_b256_torch_compile 90 300 torch gpt2:compile 256
 jax_vision hvt_s_1_jax 45 150 hvt_s_1
 torch_vision hvt_s_1_torch_eager 40 150 hvt_s_1 HVT timm_0.3.2
 torch_vision hvt_s_1_torch_compile 100 300 hvt_s_1 HVT timm_0.3.2 --compile
@@ -120,5 +125,9 @@ row matmul_peak 20 90 "$PYTHON" bench/train_throughput.py --peak
 text bert_b256_jax_attention_dropout0 70 240 jax bert_base_sot:attention_dropout=0 256
 row bert_b256_jax_rbg 70 240 JAX_DEFAULT_PRNG_IMPL=rbg "$PYTHON" bench/text_throughput.py --one jax bert_base_sot 256 \
   --steps 10
+# Profiles of BERT b256 (command buffers off for JAX) and the cuDNN bound (text_throughput.py's bound=cudnn).
+text bert_b256_jax_profile 90 240 jax bert_base_sot 256 --profile "$state/profile_bert"
+text bert_b256_torch_compile_profile 60 300 torch compile 256 --profile "$state/profile_bert"
+text bert_b256_jax_bound_cudnn 70 240 jax bert_base_sot:bound=cudnn 256
 echo "=== call done at $(date -u +%T), $((deadline - SECONDS)) s before the deadline"
 publish
