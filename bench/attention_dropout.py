@@ -10,7 +10,8 @@ of 64, causal), bf16, dropout 0.1.
    `--repeats` runs, each waited on), every token real (as bench/text_throughput.py's synthetic batches), of
      kernel     `fused_attention.attention`, dropout 0.1
      reference  `fused_attention.reference_attention`: XLA with the hash mask, dropout 0.1
-     attend     `text_layers.attend` as the models call it today (threefry Bernoulli mask), dropout 0.1
+     xla_threefry  attention in XLA with a threefry Bernoulli mask (`text_layers.attend` before the kernels),
+                dropout 0.1
      cudnn      `jax.nn.dot_product_attention(implementation="cudnn")` without dropout: a bound
 
     PYTHONPATH=. python3 bench/attention_dropout.py [--block-q 64] [--block-k 64] [--backward-block 128]
@@ -29,14 +30,12 @@ import statistics
 import time
 import traceback
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sot_jax import xla_defaults
 from sot_jax.models import fused_attention as fa
-from sot_jax.models import text_layers
 
 # (name, batch, length, heads, head_dim, causal)
 SHAPES = (
@@ -47,14 +46,17 @@ SHAPES = (
 SMALL_SHAPES = (("bert_small", 2, 32, 2, 32, False), ("gpt2_small", 2, 32, 2, 32, True))
 
 
-class Attend(nn.Module):
-    """`text_layers.attend` in training mode: its dropout draws from this module's 'dropout' rng."""
-
-    causal: bool
-    rate: float
-
-    def __call__(self, q, k, v, key_mask):
-        return text_layers.attend(self, q, k, v, key_mask, self.causal, self.rate, train=True)
+def xla_threefry(q, k, v, key_mask, causal: bool, rate: float, key):
+    """Attention as `text_layers.attend` trained before the kernels: XLA ops with a threefry Bernoulli mask."""
+    length = q.shape[1]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+    mask = key_mask[:, None, None, :]
+    if causal:
+        mask = mask & jnp.tril(jnp.ones((length, length), bool))
+    probs = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
+    keep = jax.random.bernoulli(key, 1.0 - rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - rate), 0.0).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
 def implementations(causal: bool, rate: float, kernel_options: dict) -> dict:
@@ -73,7 +75,7 @@ def implementations(causal: bool, rate: float, kernel_options: dict) -> dict:
     return {
         "kernel": lambda q, k, v, m, key: fa.attention(q, k, v, m, causal, rate, seed(key), **kernel_options),
         "reference": lambda q, k, v, m, key: fa.reference_attention(q, k, v, m, causal, rate, seed(key)),
-        "attend": lambda q, k, v, m, key: Attend(causal, rate).apply({}, q, k, v, m, rngs={"dropout": key}),
+        "xla_threefry": lambda q, k, v, m, key: xla_threefry(q, k, v, m, causal, rate, key),
         "cudnn": cudnn,
     }
 

@@ -153,13 +153,15 @@ def torch_profile(step, steps: int = 3) -> dict:
 
     import torch
 
+    gpu = torch.cuda.is_available()  # else CPU op times: a quick check that the profile runs
     activity = torch.profiler.ProfilerActivity
-    with torch.profiler.profile(activities=[activity.CUDA if torch.cuda.is_available() else activity.CPU]) as prof:
+    with torch.profiler.profile(activities=[activity.CUDA if gpu else activity.CPU]) as prof:
         for _ in range(steps):
             step()
     by_kernel, by_class = collections.Counter(), collections.Counter()
     for event in prof.key_averages():
-        ms = (event.self_device_time_total or event.self_cpu_time_total) / 1e3 / steps
+        # On the GPU only kernels have device time (the CUDA runtime calls the trace also holds have none).
+        ms = (event.self_device_time_total if gpu else event.self_cpu_time_total) / 1e3 / steps
         if ms > 0:
             by_kernel[event.key[:90]] += ms
             by_class[kernel_class(event.key)] += ms

@@ -201,3 +201,33 @@ def test_attention_rejects_bad_arguments(kwargs, message):
     args = dict(causal=False, dropout_rate=0.0, seed=SEED, interpret=True) | kwargs
     with pytest.raises(ValueError, match=message):
         fa.attention(q, k, v, _key_mask(16), **args)
+
+
+def test_attend_trains_with_the_kernel_or_the_reference_dropping_the_same_entries(monkeypatch):
+    """`text_layers.attend` in training: the kernels where `kernel_runs` (here forced, in interpret mode) and the
+    reference elsewhere (this CPU) draw one seed from the module's dropout rng and give the same output and
+    gradients, i.e. drop the same entries."""
+    import flax.linen as nn
+
+    class Attend(nn.Module):
+        @nn.compact
+        def __call__(self, q, k, v, mask):
+            return text_layers.attend(self, q, k, v, mask, True, 0.2, train=True)
+
+    q, k, v = _inputs(32, head_dim=16)
+    mask = _key_mask(32, {1: [30, 31]})
+
+    def run(q, k, v):
+        return Attend().apply({}, q, k, v, mask, rngs={"dropout": jax.random.key(3)})
+
+    assert not fa.kernel_runs(16)  # this CPU takes the reference path
+    reference = _value_and_vjp(run, q, k, v)
+    without_dropout = fa.reference_attention(q, k, v, mask, True, 0.0, None)
+    assert not np.allclose(reference[0], without_dropout, atol=1e-3)  # dropout is in effect
+
+    interpreted = fa.attention
+    monkeypatch.setattr(fa, "kernel_runs", lambda head_dim: True)
+    monkeypatch.setattr(fa, "attention", lambda *args: interpreted(*args, interpret=True, block_q=16, block_k=16))
+    kernel = _value_and_vjp(run, q, k, v)
+    for ours, theirs in zip(jax.tree.leaves(kernel), jax.tree.leaves(reference), strict=True):
+        assert _relative_error(ours, theirs) < 1e-5

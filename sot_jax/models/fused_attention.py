@@ -1,9 +1,11 @@
 """Softmax attention with dropout on the attention probabilities, fused into Pallas kernels (Triton lowering), and
 the same function in plain XLA ops.
 
-Why: `text_layers.attend` materializes the (B, heads, L, L) float32 logits and probabilities and a threefry
-Bernoulli mask in HBM, while PyTorch's SDPA runs attention and its dropout in one kernel. cuDNN's fused attention
-in JAX cannot stand in: its dropout seed is a compile-time constant, so every step would drop the same entries.
+Why: attention in XLA ops materializes the (B, heads, L, L) float32 logits and probabilities and the dropout mask
+in HBM, while PyTorch's SDPA runs attention and its dropout in one kernel. cuDNN's fused attention in JAX cannot
+stand in: its dropout seed is a compile-time constant, so every step would drop the same entries.
+`text_layers.attend` trains with these kernels on a single GPU (`kernel_runs`) and with `reference_attention`
+elsewhere.
 
 Dropout mask. `keep_mask` is a counter-based hash of (seed, batch·heads index, query, key): three rounds of
 murmur3's 32-bit finalizer in uint32 integer ops, compared with a threshold. The kernels call the same function on
@@ -145,6 +147,11 @@ class _Config:
         return self.backward_block == self.length
 
 
+def _is_block_size(n: int) -> bool:
+    """A power of two ≥ 16: a Triton tensor dimension the kernels' dots take."""
+    return n >= 16 and not n & (n - 1)
+
+
 def _next_power_of_two(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -161,10 +168,10 @@ def _make_config(
     _, length, heads, head_dim = shape
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout_rate={rate} must be in [0, 1)")
-    if head_dim < 16 or head_dim & (head_dim - 1):
+    if not _is_block_size(head_dim):
         raise ValueError(f"head_dim={head_dim} must be a power of two ≥ 16 (the kernels' tensor shapes)")
     for name, size in blocks.items():
-        if size < 16 or size & (size - 1):
+        if not _is_block_size(size):
             raise ValueError(f"{name}={size} must be a power of two ≥ 16")
     # Blocks past the length would only compute padding.
     longest = max(16, _next_power_of_two(length))
@@ -459,6 +466,13 @@ def attention(
     return out[:, :length] if pad else out
 
 
+def kernel_runs(head_dim: int) -> bool:
+    """Whether `attend` trains with the kernels: on a single GPU (a pallas_call has no SPMD partitioning rule, so
+    over several devices XLA would gather its operands; the XLA path partitions as any other op) and a head_dim the
+    kernels take."""
+    return jax.default_backend() == "gpu" and jax.device_count() == 1 and _is_block_size(head_dim)
+
+
 def reference_attention(
     q: jax.Array,
     k: jax.Array,
@@ -468,7 +482,8 @@ def reference_attention(
     dropout_rate: float,
     seed: jax.Array | None,
 ) -> jax.Array:
-    """`attention` in plain XLA ops (any head_dim and length): the path for CPU and the kernels' oracle.
+    """`attention` in plain XLA ops (any head_dim and length): `attend`'s training path where the kernels do not
+    run, and their oracle.
 
     `attend`'s computation with `keep_mask` for the dropout mask, except that queries with no visible key output
     zeros (see the module docstring)."""

@@ -1,5 +1,6 @@
 """The layers of HF transformers' text models that BERT (`bert.py`) and GPT (`gpt.py`) both use: Linear and
-LayerNorm as HF initializes and PyTorch computes them, softmax attention with HF's attention dropout, an embedding
+LayerNorm as HF initializes and PyTorch computes them, softmax attention with HF's attention dropout (fused into
+Pallas kernels on a GPU: `fused_attention.py`), an embedding
 lookup whose gradient stays out of XLA's fusions, HF's MLP, and the activations under HF's names.
 """
 
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from sot_jax.errors import UserError
+from sot_jax.models import fused_attention
 from sot_jax.models.layers import Dtype
 
 # HF initializes Linear and Embedding weights N(0, initializer_range = 0.02), untruncated.
@@ -54,20 +56,19 @@ def attend(
     train: bool,
 ) -> jax.Array:
     """Softmax attention of (B, L, heads, head_dim) q, k, v with scale head_dim^-0.5; `key_mask` (B, L) is True on
-    real tokens. Logits and softmax in float32. Queries whose keys are all masked get some average of the values
-    (HF's outputs there are arbitrary as well): compare real positions only."""
-    mask = key_mask[:, None, None, :]
-    if not train or dropout_rate == 0.0:
+    real tokens. Logits and softmax in float32. Outputs at queries whose keys are all masked are arbitrary (HF's are
+    too): compare real positions only.
+
+    In training the attention probabilities are dropped as HF drops them, with `fused_attention.keep_mask`'s masks:
+    by the fused Pallas kernels where they run (`fused_attention.kernel_runs`), elsewhere by the same function in XLA
+    ops, so either path drops the same entries."""
+    if not train:
+        mask = key_mask[:, None, None, :]
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="xla")
-    # jax.nn.dot_product_attention has no dropout; HF drops attention probabilities in training.
-    length = q.shape[1]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
-    if causal:
-        mask = mask & jnp.tril(jnp.ones((length, length), bool))
-    probs = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
-    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - dropout_rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    seed = jax.random.bits(module.make_rng("dropout"), (2,), jnp.uint32) if dropout_rate else None
+    if fused_attention.kernel_runs(q.shape[-1]):
+        return fused_attention.attention(q, k, v, key_mask, causal, dropout_rate, seed)
+    return fused_attention.reference_attention(q, k, v, key_mask, causal, dropout_rate, seed)
 
 
 @jax.custom_vjp
