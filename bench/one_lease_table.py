@@ -25,6 +25,7 @@ TEXT = {
     "BERT-base + SoT, batch 256": "bert_b256",
     "BERT-base + SoT, batch 32": "bert_b32",
     "GPT-2 + SoT, batch 32": "gpt2_b32",
+    "GPT-2 + SoT, batch 256": "gpt2_b256",
 }
 EXTRA = {
     "BERT-base + SoT, batch 256, `attention_dropout=0`": "bert_b256_jax_attention_dropout0",
