@@ -235,3 +235,26 @@ def common_flags(digits_dir, workdir):
 def reference_run(tiny_config, workdir, **changes):
     config = tiny_config(total_steps=3, mixup=0.8, cutmix=1.0, random_erasing=0.25, **changes)
     return train.train_and_evaluate(experiment.build(config), workdir)
+
+
+# Pallas kernels in interpret mode (test_dense_kernel.py, test_fused_attention.py): interpret mode turns each
+# kernel into a large XLA loop; unoptimized CPU code compiles ~2× faster and runs the tests' tiny shapes in
+# milliseconds anyway.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def value_and_vjp(fn, *args):
+    """fn(*args) and its vjp with a fixed random cotangent, in one jitted call (one compilation)."""
+
+    def run(*args):
+        y, vjp = jax.vjp(fn, *args)
+        dy = jax.random.normal(jax.random.key(1), y.shape, np.float32).astype(y.dtype)
+        return y, vjp(dy)
+
+    options = _FAST_COMPILE if jax.default_backend() == "cpu" else None
+    return jax.jit(run).lower(*args).compile(options)(*args)
+
+
+def relative_error(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))

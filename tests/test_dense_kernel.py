@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, relative_error, value_and_vjp
 
 _spec = importlib.util.spec_from_file_location("dense_kernel_pallas", ROOT / "bench" / "dense_kernel_pallas.py")
 dk = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))  # dataclasses look it up there
@@ -33,33 +33,11 @@ def _inputs(shape: tuple[int, int, int, int], dtype, seed: int = 0, layers: int 
     return x, w1s, w2s
 
 
-# Interpret mode turns each kernel into a large XLA loop; unoptimized CPU code compiles ~2× faster and runs
-# these tiny shapes in milliseconds anyway.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def _value_and_vjp(fn, *args):
-    """fn(*args) and its vjp with a fixed random cotangent, in one jitted call (one compilation)."""
-
-    def run(*args):
-        y, vjp = jax.vjp(fn, *args)
-        dy = jax.random.normal(jax.random.key(1), y.shape, jnp.float32).astype(y.dtype)
-        return y, vjp(dy)
-
-    options = _FAST_COMPILE if jax.default_backend() == "cpu" else None
-    return jax.jit(run).lower(*args).compile(options)(*args)
-
-
-def _relative_error(a, b) -> float:
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
-
 def _assert_close(got, want, tol: float) -> None:
     names = ("y", "dx", "dw1", "dw2", "dw1s", "dw2s")
     for name, a, b in zip(names, jax.tree.leaves(got), jax.tree.leaves(want), strict=False):
         assert a.shape == b.shape, name
-        assert _relative_error(a, b) < tol, (name, _relative_error(a, b))
+        assert relative_error(a, b) < tol, (name, relative_error(a, b))
 
 
 # C_in = 64 + 16k: stage 1's second layer (80 = 64 + 16 channels per load) and a wide stage-2/3 layer
@@ -73,8 +51,8 @@ def _assert_close(got, want, tol: float) -> None:
 )
 def test_dense_layer_matches_reference_float32(channels, kwargs):
     x, (w1,), (w2,) = _inputs((2, 5, 7, channels), jnp.float32)
-    got = _value_and_vjp(lambda *a: dk.dense_layer(*a, interpret=True, **kwargs), x, w1, w2)
-    want = _value_and_vjp(dk.dense_layer_reference, x, w1, w2)
+    got = value_and_vjp(lambda *a: dk.dense_layer(*a, interpret=True, **kwargs), x, w1, w2)
+    want = value_and_vjp(dk.dense_layer_reference, x, w1, w2)
     _assert_close(got, want, 1e-5)
 
 
@@ -82,8 +60,8 @@ def test_dense_block_matches_reference_float32():
     # Two layers (not six) keep the interpret-mode compile short; the concatenation is the same for any count.
     x, w1s, w2s = _inputs((2, 5, 7, 64), jnp.float32, seed=2, layers=2)
     kwargs = dict(block_pixels=16, backward_block_pixels=32)
-    got = _value_and_vjp(lambda *a: dk.dense_block(*a, impl="pallas", interpret=True, **kwargs), x, w1s, w2s)
-    want = _value_and_vjp(lambda *a: dk.dense_block(*a, impl="xla"), x, w1s, w2s)
+    got = value_and_vjp(lambda *a: dk.dense_block(*a, impl="pallas", interpret=True, **kwargs), x, w1s, w2s)
+    want = value_and_vjp(lambda *a: dk.dense_block(*a, impl="xla"), x, w1s, w2s)
     assert got[0].shape == (2, 5, 7, 64 + 2 * 16)
     _assert_close(got, want, 1e-5)
 
@@ -101,11 +79,11 @@ def test_dense_layer_gpu_bf16(shape):
     if jax.default_backend() != "gpu":  # checked here, not at import: collecting must not start a backend
         pytest.skip("compiled Triton kernels need a GPU")
     x, (w1,), (w2,) = _inputs(shape, jnp.bfloat16, seed=3)
-    got = _value_and_vjp(dk.dense_layer, x, w1, w2)
-    want = _value_and_vjp(dk.dense_layer_reference, x, w1, w2)
+    got = value_and_vjp(dk.dense_layer, x, w1, w2)
+    want = value_and_vjp(dk.dense_layer_reference, x, w1, w2)
     _assert_close(got, want, 2e-2)
     x, w1, w2 = (a.astype(jnp.float32) for a in (x, w1, w2))
-    got = _value_and_vjp(dk.dense_layer, x, w1, w2)
+    got = value_and_vjp(dk.dense_layer, x, w1, w2)
     with jax.default_matmul_precision("highest"):
-        want = _value_and_vjp(dk.dense_layer_reference, x, w1, w2)
+        want = value_and_vjp(dk.dense_layer_reference, x, w1, w2)
     _assert_close(got, want, 1e-4)

@@ -11,17 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import relative_error, value_and_vjp
 from jax.test_util import check_grads
 
 from sot_jax.models import fused_attention as fa
 from sot_jax.models import text_layers
 
 SEED = np.array([0x12345678, 0x9ABCDEF0], np.uint32)
-
-# Interpret mode turns each kernel into a large XLA loop; unoptimized CPU code compiles ~2× faster and runs these
-# tiny shapes in milliseconds anyway.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
 
 def _inputs(length: int, batch: int = 2, heads: int = 2, head_dim: int = 32, seed: int = 0):
     rng = np.random.default_rng(seed)
@@ -35,23 +31,6 @@ def _key_mask(length: int, holes: dict[int, list[int]] | None = None) -> jnp.nda
     for b, positions in (holes or {}).items():
         mask[b, positions] = False
     return jnp.asarray(mask)
-
-
-def _value_and_vjp(fn, *args):
-    """fn(*args) and its vjp with a fixed random cotangent, in one jitted call (one compilation)."""
-
-    def run(*args):
-        y, vjp = jax.vjp(fn, *args)
-        dy = jax.random.normal(jax.random.key(1), y.shape, y.dtype)
-        return y, vjp(dy)
-
-    options = _FAST_COMPILE if jax.default_backend() == "cpu" else None
-    return jax.jit(run).lower(*args).compile(options)(*args)
-
-
-def _relative_error(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def _kernel(mask, causal, rate, **blocks):
@@ -107,11 +86,11 @@ def test_kernels_match_reference_float32(case):
     length, holes, causal, rate, blocks = CASES[case]
     q, k, v = _inputs(length)
     mask = _key_mask(length, holes)
-    got = _value_and_vjp(_kernel(mask, causal, rate, **blocks), q, k, v)
-    want = _value_and_vjp(_reference(mask, causal, rate), q, k, v)
+    got = value_and_vjp(_kernel(mask, causal, rate, **blocks), q, k, v)
+    want = value_and_vjp(_reference(mask, causal, rate), q, k, v)
     for name, a, b in zip(("out", "dq", "dk", "dv"), jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert a.shape == b.shape, name
-        assert _relative_error(a, b) < 1e-5, (name, _relative_error(a, b))
+        assert relative_error(a, b) < 1e-5, (name, relative_error(a, b))
     if case == "causal_dropout":  # query 0 of example 1 sees no key: zero output, as the reference defines it
         assert np.all(np.asarray(got[0])[1, 0] == 0)
 
@@ -123,10 +102,10 @@ def test_mask_does_not_depend_on_block_sizes():
     outputs = [
         jax.jit(_kernel(mask, False, rate, block_q=size, block_k=size))(q, k, v) for size in (16, 32)
     ]
-    assert _relative_error(outputs[0], outputs[1]) < 1e-6
+    assert relative_error(outputs[0], outputs[1]) < 1e-6
     # ... and dropout is in effect: far from the output without it
     undropped = jax.jit(_kernel(mask, False, 0.0))(q, k, v)
-    assert _relative_error(outputs[0], undropped) > 0.1
+    assert relative_error(outputs[0], undropped) > 0.1
 
 
 def _mask_grid(seed, rate: float, batch_heads: int = 16, length: int = 256) -> np.ndarray:
@@ -221,13 +200,13 @@ def test_attend_trains_with_the_kernel_or_the_reference_dropping_the_same_entrie
         return Attend().apply({}, q, k, v, mask, rngs={"dropout": jax.random.key(3)})
 
     assert not fa.kernel_runs(16)  # this CPU takes the reference path
-    reference = _value_and_vjp(run, q, k, v)
+    reference = value_and_vjp(run, q, k, v)
     without_dropout = fa.reference_attention(q, k, v, mask, True, 0.0, None)
     assert not np.allclose(reference[0], without_dropout, atol=1e-3)  # dropout is in effect
 
     interpreted = fa.attention
     monkeypatch.setattr(fa, "kernel_runs", lambda head_dim: True)
     monkeypatch.setattr(fa, "attention", lambda *args: interpreted(*args, interpret=True, block_q=16, block_k=16))
-    kernel = _value_and_vjp(run, q, k, v)
+    kernel = value_and_vjp(run, q, k, v)
     for ours, theirs in zip(jax.tree.leaves(kernel), jax.tree.leaves(reference), strict=True):
-        assert _relative_error(ours, theirs) < 1e-5
+        assert relative_error(ours, theirs) < 1e-5
