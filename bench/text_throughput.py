@@ -76,7 +76,9 @@ def jax_row(spec: str, batch: int, steps: int, profile_dir: str | None = None) -
     config.batch_size = batch
     for option in filter(None, options.split(",")):
         key, value = option.split("=")
-        if key == "bound" and value == "cudnn":
+        if key == "bound":
+            if value != "cudnn":
+                raise SystemExit(f"bound={value}: the only bound is bound=cudnn")
             use_cudnn_attention_without_dropout()
             continue
         config.model[key] = value if key in ("head", "svpn") else (float(value) if "." in value else int(value))
@@ -227,13 +229,11 @@ def main() -> None:
                         "sot_jax.xla_defaults (the 'before' column of BENCHMARKS.md's XLA defaults table)")  # fmt: skip
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # internal: framework, variant, batch
     args = parser.parse_args()
-    if args.profile:  # before the backend starts; a user's own value of the flag wins
-        from sot_jax import xla_defaults
+    from sot_jax import xla_defaults  # (imports no JAX) flags set before JAX starts its backend
 
+    if args.profile:  # a user's own value of the flag wins
         xla_defaults.apply(("--xla_gpu_enable_command_buffer=",))
     if not args.no_xla_defaults:
-        from sot_jax import xla_defaults
-
         xla_defaults.apply()  # as sot_jax.main does, before JAX starts its backend (PyTorch ignores XLA_FLAGS)
     if args.one:
         framework, variant, batch = args.one
