@@ -19,6 +19,7 @@ from sot_jax.models import text_layers
 
 SEED = np.array([0x12345678, 0x9ABCDEF0], np.uint32)
 
+
 def _inputs(length: int, batch: int = 2, heads: int = 2, head_dim: int = 32, seed: int = 0):
     rng = np.random.default_rng(seed)
     q, k, v = (jnp.asarray(rng.standard_normal((batch, length, heads, head_dim)), jnp.float32) for _ in range(3))
