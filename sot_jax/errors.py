@@ -6,6 +6,8 @@ keeps its traceback. It subclasses ValueError, so callers that catch ValueError 
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class UserError(ValueError):
     """A bad config value, missing or malformed data, or an unusable checkpoint; the message says which."""
@@ -25,3 +27,9 @@ def check_choice(what: str, value: object, choices: tuple) -> None:
     """Raise a UserError naming `value` and the valid `choices` unless `value` is one of them."""
     if value not in choices:
         raise UserError(f"unknown {what} {value!r}; choose one of {', '.join(map(str, choices))}")
+
+
+def check_rate(name: str, value: Any) -> None:
+    """Raise a UserError naming `name` unless `value` is a dropout rate (a number in [0, 1))."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise UserError(f"{name} must be a dropout rate in [0, 1), got {value!r}")

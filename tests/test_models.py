@@ -190,6 +190,7 @@ def test_image_size_sets_the_position_embedding_and_is_checked():
         (lambda: models.create_model("scale_hvt_ti_4", img_size=64), "HVT pooling at block 9 needs at least 3 tokens"),
         (lambda: models.create_model("hvt_s_1", remat="dots"), "unknown remat policy 'dots'; valid: None, nothing_"),
         (lambda: models.create_model("sot_tiny", bn_group_size=-1), "bn_group_size must be a non-negative integer"),
+        (lambda: models.create_model("sot_small", head_dropout=1.0), r"head_dropout must be a dropout rate in \[0, 1"),
     ],
 )
 def test_registry_errors_are_clear(call, message):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sot_jax.errors import UserError
+from sot_jax.errors import UserError, check_rate
 from sot_jax.models import text
 from sot_jax.models.heads import HEAD_OPTIONS
 from sot_jax.models.layers import attention_implementation, remat_policy
@@ -50,6 +50,9 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> Vision
     bn_group_size = overrides.get("bn_group_size", 0)
     if not isinstance(bn_group_size, int) or bn_group_size < 0:
         raise UserError(f"bn_group_size must be a non-negative integer, got {bn_group_size!r}")
+    for option in ("dropout", "drop_path_rate", "head_dropout"):
+        if option in overrides:
+            check_rate(option, overrides[option])
     stem_options = {k: v for k, v in overrides.items() if k in spec.stem_options}
     backbone = {**spec.backbone, **{k: v for k, v in overrides.items() if k in BACKBONE_OPTIONS}}
     if backbone["embed_dim"] % backbone["num_heads"]:

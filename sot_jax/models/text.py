@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from sot_jax import ops
-from sot_jax.errors import UserError, check_choice
+from sot_jax.errors import UserError, check_choice, check_rate
 from sot_jax.models import bert, gpt, text_heads
 from sot_jax.models.heads import POOLINGS, ClassifierHead, check_head_options
 from sot_jax.models.layers import Dtype
@@ -170,11 +170,6 @@ def _positive_int(name: str, value: Any) -> None:
         raise UserError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _rate(name: str, value: Any) -> None:
-    if not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-        raise UserError(f"{name} must be a dropout rate in [0, 1), got {value!r}")
-
-
 def _head_config(head: str, trunk: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """The head module's fields from create_text_model's head options (validated)."""
     applies = {"sot_text": SOT_TEXT_OPTIONS, "vision": VISION_HEAD_OPTIONS}
@@ -189,7 +184,7 @@ def _head_config(head: str, trunk: dict[str, Any], options: dict[str, Any]) -> d
         )
     default_dropout = {"pooler": trunk["dropout"], "roberta_head": trunk["dropout"], "sot_text": 0.8}.get(head, 0.0)
     dropout = options.get("head_dropout", default_dropout)
-    _rate("head_dropout", dropout)
+    check_rate("head_dropout", dropout)
     if "svpn" in options:
         check_choice("svpn method", options["svpn"], ops.SVPN_METHODS)
     alpha = options.get("svpn_alpha", 0.5)
@@ -234,7 +229,7 @@ def create_text_model(name: str, num_classes: int = 2, **overrides: Any) -> Text
             _positive_int(option, trunk[option])
     for option in ("dropout", "attention_dropout", "embedding_dropout"):
         if option in trunk:
-            _rate(option, trunk[option])
+            check_rate(option, trunk[option])
     if not isinstance(trunk["layer_norm_eps"], int | float) or trunk["layer_norm_eps"] <= 0:
         raise UserError(f"layer_norm_eps must be a positive number, got {trunk['layer_norm_eps']!r}")
     if not isinstance(trunk.get("pad_token_id", 0), int) or trunk.get("pad_token_id", 0) < 0:
