@@ -125,13 +125,6 @@ row matmul_peak 20 90 "$PYTHON" bench/train_throughput.py --peak
 text bert_b256_jax_attention_dropout0 70 240 jax bert_base_sot:attention_dropout=0 256
 row bert_b256_jax_rbg 70 240 JAX_DEFAULT_PRNG_IMPL=rbg "$PYTHON" bench/text_throughput.py --one jax bert_base_sot 256 \
   --steps 10
-# Round five (hashed hidden dropout): its bound (hidden and embedding dropouts off) and the rows with the code before
-# it (REFS/before/sot_jax, a copy of the package at the commit before the change).
-for model in bert_base_sot gpt2_sot; do
-  row "${model%%_*}_b256_jax_before" 70 240 PYTHONPATH="$refs/before:bench" "$PYTHON" bench/text_throughput.py \
-    --one jax "$model" 256 --steps 10
-done
-text bert_b256_jax_dropout0 70 240 jax bert_base_sot:dropout=0 256
 # Profiles of BERT b256 (command buffers off for JAX) and the cuDNN bound (text_throughput.py's bound=cudnn).
 text bert_b256_jax_profile 90 240 jax bert_base_sot 256 --profile "$state/profile_bert"
 text bert_b256_torch_compile_profile 60 300 torch compile 256 --profile "$state/profile_bert"
