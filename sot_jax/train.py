@@ -189,9 +189,17 @@ def train_step(
 def jit_train_step(
     model: Any, tx: Any, schedule: Callable, options: StepOptions, shardings: TrainState, batch_sharding: Any
 ) -> Callable:
-    """`train_step` jitted over the batch's mesh: the state keeps `shardings` (and is donated), metrics replicate."""
+    """`train_step` jitted over the batch's mesh: the state keeps `shardings` (and is donated), metrics replicate.
+    The step is traced under the mesh, for the ops that split their work over it themselves (the fused attention
+    kernels)."""
+    mesh = batch_sharding.mesh.abstract_mesh
+
+    def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        with jax.sharding.use_abstract_mesh(mesh):
+            return train_step(state, batch, model=model, tx=tx, schedule=schedule, options=options)
+
     return jax.jit(
-        functools.partial(train_step, model=model, tx=tx, schedule=schedule, options=options),
+        step,
         in_shardings=(shardings, batch_sharding),
         out_shardings=(shardings, sharding.replicated(batch_sharding.mesh)),
         donate_argnums=(0,),

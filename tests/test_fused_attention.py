@@ -7,6 +7,10 @@ times; bench/attention_dropout.py checks the compiled Triton kernels in bf16 on 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,14 +204,65 @@ def test_attend_trains_with_the_kernel_or_the_reference_dropping_the_same_entrie
     def run(q, k, v):
         return Attend().apply({}, q, k, v, mask, rngs={"dropout": jax.random.key(3)})
 
-    assert not fa.kernel_runs(16)  # this CPU takes the reference path
+    assert not fa.kernel_runs(q.shape)  # this CPU takes the reference path
     reference = value_and_vjp(run, q, k, v)
     without_dropout = fa.reference_attention(q, k, v, mask, True, 0.0, None)
     assert not np.allclose(reference[0], without_dropout, atol=1e-3)  # dropout is in effect
 
     interpreted = fa.attention
-    monkeypatch.setattr(fa, "kernel_runs", lambda head_dim: True)
+    monkeypatch.setattr(fa, "kernel_runs", lambda shape: True)
     monkeypatch.setattr(fa, "attention", lambda *args: interpreted(*args, interpret=True, block_q=16, block_k=16))
     kernel = value_and_vjp(run, q, k, v)
     for ours, theirs in zip(jax.tree.leaves(kernel), jax.tree.leaves(reference), strict=True):
         assert relative_error(ours, theirs) < 1e-5
+
+
+def test_kernels_run_on_one_gpu_or_on_gpus_that_split_the_batch(monkeypatch):
+    shape = (8, 32, 2, 16)
+    assert not fa.kernel_runs(shape)  # this CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert fa.kernel_runs(shape)
+    assert not fa.kernel_runs((8, 32, 2, 24))  # a head_dim the kernels do not take
+    monkeypatch.setattr(jax, "device_count", lambda: 4)
+    assert not fa.kernel_runs(shape)  # several devices and no mesh to split over: XLA's attention
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((4,), ("data",))):
+        assert fa.kernel_runs(shape)
+        assert not fa.kernel_runs((6, 32, 2, 16))  # 6 examples do not split over 4 devices
+
+
+# The kernels (interpret mode) under a mesh of 4 devices, each on 2 of the 8 examples, against the reference on the
+# whole batch: the masks match only if each part hashes its examples' indices in the whole batch.
+SPLIT_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from sot_jax.models import fused_attention as fa
+seed = jnp.asarray([0x12345678, 0x9ABCDEF0], jnp.uint32)
+rng = np.random.default_rng(0)
+q, k, v = (jnp.asarray(rng.standard_normal((8, 32, 2, 16)), jnp.float32) for _ in range(3))
+mask = jnp.asarray(rng.random((8, 32)) > 0.2)
+weights = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
+mesh = Mesh(np.array(jax.devices()), ("data",))
+def loss(attention, q, k, v):
+    return jnp.sum(attention(q, k, v, mask, False, 0.3, seed) * weights)
+def kernels(*args):
+    return fa.attention(*args, interpret=True, block_q=16, block_k=16)
+def split(q, k, v):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        return jax.value_and_grad(lambda *x: loss(kernels, *x), argnums=(0, 1, 2))(q, k, v)
+sharded = [jax.device_put(x, NamedSharding(mesh, P("data"))) for x in (q, k, v)]
+ours = jax.jit(split)(*sharded)
+theirs = jax.value_and_grad(lambda *x: loss(fa.reference_attention, *x), argnums=(0, 1, 2))(q, k, v)
+jaxpr = str(jax.make_jaxpr(split)(*sharded))
+print("shard_map" in jaxpr and "f32[2,32,2,16]" in jaxpr)
+pairs = zip(jax.tree.leaves(ours), jax.tree.leaves(theirs))
+print(max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in pairs))
+"""
+
+
+def test_kernels_split_over_a_mesh_drop_what_the_whole_batch_drops():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", SPLIT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    split, error = result.stdout.split()[-2:]
+    assert split == "True"  # each device's kernels got its 2 examples
+    assert float(error) < 1e-5

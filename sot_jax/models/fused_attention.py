@@ -4,8 +4,8 @@ the same function in plain XLA ops.
 Why: attention in XLA ops materializes the (B, heads, L, L) float32 logits and probabilities and the dropout mask
 in HBM, while PyTorch's SDPA runs attention and its dropout in one kernel. cuDNN's fused attention in JAX cannot
 stand in: its dropout seed is a compile-time constant, so every step would drop the same entries.
-`text_layers.attend` trains with these kernels on a single GPU (`kernel_runs`) and with `reference_attention`
-elsewhere.
+`text_layers.attend` trains with these kernels on GPUs (`kernel_runs`: one, or several that split the batch
+under the step's mesh) and with `reference_attention` elsewhere.
 
 Dropout mask. `keep_mask` is a counter-based hash of (seed, batch·heads index, query, key): three rounds of
 murmur3's 32-bit finalizer in uint32 integer ops, compared with a threshold. The kernels call the same function on
@@ -61,6 +61,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
+from jax.sharding import PartitionSpec as P
 
 # Odd multipliers (bijections of uint32) that spread the batch·head and query indices over all 32 bits before
 # mixing: the golden ratio's and one of murmur3's constants.
@@ -201,8 +202,10 @@ def _keep(seed, batch_head, q_index: jax.Array, k_index: jax.Array, cfg: _Config
 
 
 def _program(seed_ref, cfg: _Config) -> tuple[jax.Array, tuple[jax.Array, jax.Array], jax.Array]:
-    """(row block, seed words, batch·heads index) of this program; the grid is (row blocks, B, heads)."""
-    return pl.program_id(0), (seed_ref[0], seed_ref[1]), pl.program_id(1) * cfg.heads + pl.program_id(2)
+    """(row block, seed words, batch·heads index in the whole batch) of this program; the grid is (row blocks, B,
+    heads) and the seed operand's third word is the index of this call's first example in the whole batch."""
+    example = seed_ref[2] + pl.program_id(1).astype(jnp.uint32)
+    return pl.program_id(0), (seed_ref[0], seed_ref[1]), example * cfg.heads + pl.program_id(2).astype(jnp.uint32)
 
 
 def _forward_kernel(seed_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, lse_ref, *, cfg: _Config):
@@ -324,8 +327,8 @@ def _stat_spec(rows: int) -> pl.BlockSpec:
 
 
 def _common_specs(cfg: _Config) -> list[pl.BlockSpec]:
-    """Specs of (seed, key_mask), the kernels' first and fifth operands."""
-    return [pl.BlockSpec((2,), lambda i, b, h: (0,)), pl.BlockSpec((None, cfg.length), lambda i, b, h: (b, 0))]
+    """Specs of (seed words, key_mask), the kernels' first and fifth operands."""
+    return [pl.BlockSpec((4,), lambda i, b, h: (0,)), pl.BlockSpec((None, cfg.length), lambda i, b, h: (b, 0))]
 
 
 def _pallas_call(kernel, cfg: _Config, rows: int, in_specs, out_specs, out_shape, name: str, num_warps: int):
@@ -442,6 +445,11 @@ def attention(
     at a time. num_warps (forward) and backward_num_warps are Triton's, num_stages for every kernel; the backward
     holds two float32 (backward_block, head_dim) accumulators, which spill from 4 warps' registers at 128 × 64.
     `interpret=True` runs on CPU.
+
+    Under a context mesh of several devices (`jax.sharding.use_abstract_mesh`; `train.jit_train_step` traces the
+    step under its mesh) the batch is split over all the mesh's devices and each runs the kernels on its part
+    (`jax.shard_map`: a pallas_call has no partitioning rule, and XLA would gather its operands onto every device).
+    Each part hashes its examples' indices in the whole batch, so the masks are the unsplit call's.
     """
     if not (q.shape == k.shape == v.shape and q.dtype == k.dtype == v.dtype):
         shapes = ", ".join(f"{x.shape} {x.dtype}" for x in (q, k, v))
@@ -456,21 +464,48 @@ def attention(
         seed = jnp.zeros((2,), jnp.uint32)
     if jnp.shape(seed) != (2,):
         raise ValueError(f"seed must be two uint32 words, got shape {jnp.shape(seed)}")
+    seed = jnp.asarray(seed, jnp.uint32)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return _attention_of_examples(q, k, v, key_mask, seed, 0, cfg)
+    if q.shape[0] % mesh.size:
+        raise ValueError(f"batch {q.shape[0]} must be a multiple of the context mesh's {mesh.size} devices")
+    batch = P(mesh.axis_names)
+
+    def part(q, k, v, key_mask, seed):
+        first = lax.axis_index(mesh.axis_names) * q.shape[0]
+        return _attention_of_examples(q, k, v, key_mask, seed, first, cfg)
+
+    # check_vma=False: pallas_call states no replication rule (the outputs vary over the batch axis, as declared).
+    return jax.shard_map(part, mesh=mesh, in_specs=(batch,) * 4 + (P(),), out_specs=batch, check_vma=False)(
+        q, k, v, key_mask, seed
+    )
+
+
+def _attention_of_examples(q, k, v, key_mask, seed, first, cfg: _Config) -> jax.Array:
+    """`attention` on examples first, first + 1, ... of a batch (their indices in the dropout mask's hash)."""
     length = q.shape[1]
     pad = cfg.length - length
     if pad:
         q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
         key_mask = jnp.pad(key_mask, ((0, 0), (0, pad)))  # padded keys are masked
+    # Four words (Triton's vectors have power-of-two lengths): the seed, the first example's index, and a zero.
+    words = jnp.concatenate([seed, jnp.asarray([first, 0], jnp.uint32)])
     # int32, not bool: the kernels load it as a plain integer vector.
-    out = _attention(q, k, v, key_mask.astype(jnp.int32), jnp.asarray(seed, jnp.uint32), cfg)
+    out = _attention(q, k, v, key_mask.astype(jnp.int32), words, cfg)
     return out[:, :length] if pad else out
 
 
-def kernel_runs(head_dim: int) -> bool:
-    """Whether `attend` trains with the kernels: on a single GPU (a pallas_call has no SPMD partitioning rule, so
-    over several devices XLA would gather its operands; the XLA path partitions as any other op) and a head_dim the
-    kernels take."""
-    return jax.default_backend() == "gpu" and jax.device_count() == 1 and _is_block_size(head_dim)
+def kernel_runs(shape: tuple[int, ...]) -> bool:
+    """Whether `attend` trains q, k, v of this (B, L, heads, head_dim) shape with the kernels: on GPUs, for a
+    head_dim the kernels take, on one device or under a context mesh whose devices split the batch evenly
+    (`attention`). Several devices without a context mesh keep the XLA path, which XLA partitions as any other op."""
+    if jax.default_backend() != "gpu" or not _is_block_size(shape[-1]):
+        return False
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return jax.device_count() == 1
+    return shape[0] % mesh.size == 0
 
 
 def reference_attention(

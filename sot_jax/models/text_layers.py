@@ -66,7 +66,7 @@ def attend(
         mask = key_mask[:, None, None, :]
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="xla")
     seed = jax.random.bits(module.make_rng("dropout"), (2,), jnp.uint32) if dropout_rate else None
-    if fused_attention.kernel_runs(q.shape[-1]):
+    if fused_attention.kernel_runs(q.shape):
         return fused_attention.attention(q, k, v, key_mask, causal, dropout_rate, seed)
     return fused_attention.reference_attention(q, k, v, key_mask, causal, dropout_rate, seed)
 
