@@ -8,6 +8,7 @@ times; bench/attention_dropout.py checks the compiled Triton kernels in bf16 on 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -266,3 +267,18 @@ def test_kernels_split_over_a_mesh_drop_what_the_whole_batch_drops():
     split, error = result.stdout.split()[-2:]
     assert split == "True"  # each device's kernels got its 2 examples
     assert float(error) < 1e-5
+
+
+def test_kernels_lower_to_triton_for_a_gpu():
+    """Pallas's Triton lowering (what a GPU compiles) runs here too, for CUDA: every kernel of a bf16 training step
+    lowers, which interpret mode does not check (Triton takes only arrays of power-of-two sizes, for one)."""
+    q = jax.ShapeDtypeStruct((4, 128, 12, 64), jnp.bfloat16)
+    mask, seed = jax.ShapeDtypeStruct((4, 128), jnp.bool_), jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+    def loss(q, k, v, mask, seed):  # causal, and backward blocks that need the separate dQ kernel
+        return jnp.sum(fa.attention(q, k, v, mask, True, 0.1, seed, backward_block=32).astype(jnp.float32))
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+    text = step.trace(q, q, q, mask, seed).lower(lowering_platforms=("cuda",)).as_text()
+    kernels = re.findall(r'name = "(attention_dropout_\w+)"', text)
+    assert sorted(kernels) == ["attention_dropout_dkdv", "attention_dropout_dq", "attention_dropout_fwd"]

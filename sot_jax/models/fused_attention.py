@@ -328,7 +328,7 @@ def _stat_spec(rows: int) -> pl.BlockSpec:
 
 def _common_specs(cfg: _Config) -> list[pl.BlockSpec]:
     """Specs of (seed words, key_mask), the kernels' first and fifth operands."""
-    return [pl.BlockSpec((4,), lambda i, b, h: (0,)), pl.BlockSpec((None, cfg.length), lambda i, b, h: (b, 0))]
+    return [pl.BlockSpec((3,), lambda i, b, h: (0,)), pl.BlockSpec((None, cfg.length), lambda i, b, h: (b, 0))]
 
 
 def _pallas_call(kernel, cfg: _Config, rows: int, in_specs, out_specs, out_shape, name: str, num_warps: int):
@@ -489,8 +489,7 @@ def _attention_of_examples(q, k, v, key_mask, seed, first, cfg: _Config) -> jax.
     if pad:
         q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
         key_mask = jnp.pad(key_mask, ((0, 0), (0, pad)))  # padded keys are masked
-    # Four words (Triton's vectors have power-of-two lengths): the seed, the first example's index, and a zero.
-    words = jnp.concatenate([seed, jnp.asarray([first, 0], jnp.uint32)])
+    words = jnp.concatenate([seed, jnp.asarray([first], jnp.uint32)])
     # int32, not bool: the kernels load it as a plain integer vector.
     out = _attention(q, k, v, key_mask.astype(jnp.int32), words, cfg)
     return out[:, :length] if pad else out
