@@ -36,6 +36,7 @@ import numpy as np
 
 from sot_jax import xla_defaults
 from sot_jax.models import fused_attention as fa
+from sot_jax.models.dropout import keep_mask
 
 # (name, batch, length, heads, head_dim, causal)
 SHAPES = (
@@ -132,7 +133,7 @@ def check(shape, rate: float, dtype, kernel_options: dict) -> dict:
     index = jnp.arange(length)
     batch_head = jnp.arange(batch * heads)[:, None, None]
     seed = jax.random.bits(key, (2,), jnp.uint32)
-    keep = jax.jit(lambda s: jnp.mean(fa.keep_mask(s, batch_head, index[:, None], index[None, :], rate)))(seed)
+    keep = jax.jit(lambda s: jnp.mean(keep_mask(s, batch_head, index[:, None], index[None, :], rate)))(seed)
     return {
         "kernel_vs_reference": {n: max_abs(a, b) for n, a, b in zip(names, leaves[0], leaves[1], strict=True)},
         "kernel_vs_float32": {n: max_abs(a, b) for n, a, b in zip(names, leaves[0], leaves[2], strict=True)},

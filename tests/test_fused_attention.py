@@ -21,6 +21,7 @@ from jax.test_util import check_grads
 
 from sot_jax.models import fused_attention as fa
 from sot_jax.models import text_layers
+from sot_jax.models.dropout import keep_mask
 
 SEED = np.array([0x12345678, 0x9ABCDEF0], np.uint32)
 
@@ -118,7 +119,7 @@ def _mask_grid(seed, rate: float, batch_heads: int = 16, length: int = 256) -> n
     """The keep mask over a (batch_heads, length, length) index grid: 2²⁰ entries with the defaults."""
     index = jnp.arange(length)
     batch_head = jnp.arange(batch_heads)[:, None, None]
-    return np.asarray(fa.keep_mask(jnp.asarray(seed), batch_head, index[:, None], index[None, :], rate))
+    return np.asarray(keep_mask(jnp.asarray(seed), batch_head, index[:, None], index[None, :], rate))
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5])

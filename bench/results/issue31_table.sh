@@ -125,6 +125,22 @@ row matmul_peak 20 90 "$PYTHON" bench/train_throughput.py --peak
 text bert_b256_jax_attention_dropout0 70 240 jax bert_base_sot:attention_dropout=0 256
 row bert_b256_jax_rbg 70 240 JAX_DEFAULT_PRNG_IMPL=rbg "$PYTHON" bench/text_throughput.py --one jax bert_base_sot 256 \
   --steps 10
+# Round five (hashed hidden dropout): its bound (hidden and embedding dropouts off) and the rows with the code before
+# it (REFS/before/sot_jax, a copy of the package at the commit before the change).
+for model in bert_base_sot gpt2_sot; do
+  row "${model%%_*}_b256_jax_before" 70 240 PYTHONPATH="$refs/before:bench" "$PYTHON" bench/text_throughput.py \
+    --one jax "$model" 256 --steps 10
+done
+text bert_b256_jax_dropout0 70 240 jax bert_base_sot:dropout=0 256
+# Round five's flag candidates (issue 31, item 1), each with sot_jax's defaults added (xla_defaults keeps the
+# user's flags) and compared with the same model's default row of the same lease: cuBLASLt GEMMs (bias
+# epilogues) and command buffers off.
+for flags in cublaslt:--xla_gpu_enable_cublaslt=true no_command_buffer:--xla_gpu_enable_command_buffer=; do
+  row "deit_s_jax_${flags%%:*}" 45 150 XLA_FLAGS="${flags#*:}" "$PYTHON" bench/train_throughput.py \
+    --one deit_small_patch16_224 --batch 256 --steps 10 --no-eval
+  row "bert_b256_jax_${flags%%:*}" 70 240 XLA_FLAGS="${flags#*:}" "$PYTHON" bench/text_throughput.py \
+    --one jax bert_base_sot 256 --steps 10
+done
 # Profiles of BERT b256 (command buffers off for JAX) and the cuDNN bound (text_throughput.py's bound=cudnn).
 text bert_b256_jax_profile 90 240 jax bert_base_sot 256 --profile "$state/profile_bert"
 text bert_b256_torch_compile_profile 60 300 torch compile 256 --profile "$state/profile_bert"

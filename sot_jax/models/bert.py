@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from sot_jax.errors import UserError
+from sot_jax.models.dropout import Dropout
 from sot_jax.models.layers import Dtype
 from sot_jax.models.text_layers import attend, dense, embedding_lookup, embedding_table, feed_forward, layer_norm
 
@@ -59,7 +60,7 @@ class BertEmbeddings(nn.Module):
         x = sum(embedding_lookup(embedding_table(name, n, self.hidden_size), ids) for name, n, ids in tables)
         x = x.astype(self.dtype)
         x = layer_norm(self.layer_norm_eps, "LayerNorm", self.dtype)(x)
-        return nn.Dropout(self.dropout, deterministic=not train)(x)
+        return Dropout(self.dropout, deterministic=not train)(x)
 
 
 class BertLayer(nn.Module):
@@ -76,7 +77,7 @@ class BertLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, key_mask: jax.Array, train: bool) -> jax.Array:
         batch, length, dim = x.shape
-        drop = nn.Dropout(self.dropout, deterministic=not train)
+        drop = Dropout(self.dropout, deterministic=not train)
         split = lambda t: t.reshape(batch, length, self.num_heads, dim // self.num_heads)  # noqa: E731
         q, k, v = (split(dense(dim, name, self.dtype)(x)) for name in ("query", "key", "value"))
         y = attend(self, q, k, v, key_mask, False, self.attention_dropout, train).reshape(batch, length, dim)
@@ -147,7 +148,7 @@ class BertPoolerHead(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         pooled = jnp.tanh(dense(x.shape[-1], "pooler", self.dtype)(x[:, 0]))
-        pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
+        pooled = Dropout(self.dropout, deterministic=not train)(pooled)
         return dense(self.num_classes, "classifier", self.dtype)(pooled)
 
 
@@ -160,7 +161,7 @@ class RobertaClassificationHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        drop = nn.Dropout(self.dropout, deterministic=not train)
+        drop = Dropout(self.dropout, deterministic=not train)
         y = jnp.tanh(dense(x.shape[-1], "dense", self.dtype)(drop(x[:, 0])))
         return dense(self.num_classes, "out_proj", self.dtype)(drop(y))
 

@@ -7,12 +7,11 @@ stand in: its dropout seed is a compile-time constant, so every step would drop 
 `text_layers.attend` trains with these kernels on GPUs (`kernel_runs`: one, or several that split the batch
 under the step's mesh) and with `reference_attention` elsewhere.
 
-Dropout mask. `keep_mask` is a counter-based hash of (seed, batch·heads index, query, key): three rounds of
-murmur3's 32-bit finalizer in uint32 integer ops, compared with a threshold. The kernels call the same function on
-each block's index arrays and `reference_attention` on the whole (B·heads, L, L) grid, so both drop the same
-entries, the mask depends only on absolute indices (not on block sizes), and nothing is stored for the backward:
-it regenerates the mask. The two seed words are drawn per call by the caller, e.g.
-`jax.random.bits(module.make_rng("dropout"), (2,), jnp.uint32)`.
+Dropout mask. `dropout.keep_mask` (the mask of every dropout in sot_jax) hashes (seed, batch·heads index, query,
+key). The kernels call it on each block's index arrays and `reference_attention` on the whole (B·heads, L, L)
+grid, so both drop the same entries, the mask depends only on absolute indices (not on block sizes), and nothing
+is stored for the backward: it regenerates the mask. The caller draws the two seed words per call
+(`dropout.draw_seed`).
 
 Layout. q, k, v stay (B, L, heads, head_dim), as the models produce them: a kernel program addresses one head's
 strided (L, head_dim) slice, so there is no transpose in HBM. The grid is (row blocks, B, heads) with the row
@@ -63,52 +62,13 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 from jax.sharding import PartitionSpec as P
 
-# Odd multipliers (bijections of uint32) that spread the batch·head and query indices over all 32 bits before
-# mixing: the golden ratio's and one of murmur3's constants.
-_BATCH_HEAD_MULTIPLIER = np.uint32(0x9E3779B9)
-_QUERY_MULTIPLIER = np.uint32(0x85EBCA77)
-# murmur3's fmix32.
-_FMIX_MULTIPLIERS = (np.uint32(0x85EBCA6B), np.uint32(0xC2B2AE35))
-_FMIX_SHIFTS = (np.uint32(16), np.uint32(13), np.uint32(16))
+from sot_jax.models.dropout import keep_mask
+
 # The kernels' running maximum before any visible key: finite, so exp2(m_old - m_new) is 1 or 0, never
 # exp2(-inf - -inf) = NaN; masked logits themselves are -inf, so exp2 gives exactly 0 for them.
 _NO_MAXIMUM = float(np.finfo(np.float32).min)
 _ROWS = (((0,), (0,)), ((), ()))  # dot_general dimension numbers of aᵀ @ b
 _COLUMNS = (((1,), (1,)), ((), ()))  # a @ bᵀ
-
-
-def _fmix32(x: jax.Array) -> jax.Array:
-    """murmur3's 32-bit finalizer: a bijection whose output bits each depend on all input bits."""
-    x = x ^ lax.shift_right_logical(x, _FMIX_SHIFTS[0])
-    x = x * _FMIX_MULTIPLIERS[0]
-    x = x ^ lax.shift_right_logical(x, _FMIX_SHIFTS[1])
-    x = x * _FMIX_MULTIPLIERS[1]
-    return x ^ lax.shift_right_logical(x, _FMIX_SHIFTS[2])
-
-
-def _uint32(x) -> jax.Array:
-    return jnp.asarray(x).astype(jnp.uint32)
-
-
-def _threshold(rate: float) -> np.uint32:
-    # bits ≥ round(rate·2³²) holds with probability 1 - rate for uniform bits; rate 0 gives 0, which every
-    # uint32 passes.
-    return np.uint32(min(round(rate * 2**32), 2**32 - 1))
-
-
-def keep_mask(seed, batch_head: jax.Array, query: jax.Array, key: jax.Array, rate: float) -> jax.Array:
-    """Whether dropout at `rate` keeps attention probability (batch_head, query, key): THE mask definition.
-
-    seed: (2,) uint32, or the pair of its words (as the kernels load them: a kernel cannot index a vector).
-    batch_head = b·heads + h, query and key: integer index arrays (any integer dtype, values below 2³¹), broadcast
-    against each other; the result has their broadcast shape. A hash of the absolute indices, so the mask does not
-    depend on how the kernels block the work. uint32 products wrap, as the hash wants.
-    """
-    x = _fmix32((_uint32(batch_head) * _BATCH_HEAD_MULTIPLIER) ^ _uint32(seed[0]))
-    # The (batch_head, query) part has the query array's shape: the kernels hash each row once per block and
-    # only the last round per element.
-    x = _fmix32(x ^ (_uint32(query) * _QUERY_MULTIPLIER) ^ _uint32(seed[1]))
-    return _fmix32(x ^ _uint32(key)) >= _threshold(rate)
 
 
 @dataclasses.dataclass(frozen=True)

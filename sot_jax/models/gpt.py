@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from sot_jax.errors import UserError
+from sot_jax.models.dropout import Dropout
 from sot_jax.models.layers import Dtype
 from sot_jax.models.text_layers import attend, dense, embedding_lookup, embedding_table, feed_forward, layer_norm
 
@@ -39,11 +40,11 @@ class GPTBlock(nn.Module):
         qkv = dense(3 * dim, "c_attn", self.dtype)(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
         y = attend(self, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], key_mask, True, self.attention_dropout, train)
         y = dense(dim, "attn_proj", self.dtype)(y.reshape(batch, length, dim))
-        return nn.Dropout(self.dropout, deterministic=not train)(y)
+        return Dropout(self.dropout, deterministic=not train)(y)
 
     def mlp(self, x: jax.Array, train: bool) -> jax.Array:
         y = feed_forward(x, self.intermediate_size, self.activation, self.dtype, ("c_fc", "mlp_proj"))
-        return nn.Dropout(self.dropout, deterministic=not train)(y)
+        return Dropout(self.dropout, deterministic=not train)(y)
 
     @nn.compact
     def __call__(self, x: jax.Array, key_mask: jax.Array, train: bool) -> jax.Array:
@@ -89,7 +90,7 @@ class GPTEncoder(nn.Module):
         if token_type_ids is not None:
             x = x + embedding_lookup(tokens, token_type_ids)
         x = x.astype(self.dtype)
-        x = nn.Dropout(self.embedding_dropout, deterministic=not train)(x)
+        x = Dropout(self.embedding_dropout, deterministic=not train)(x)
         key_mask = attention_mask.astype(bool)
         for i in range(self.num_layers):
             x = GPTBlock(
@@ -124,7 +125,7 @@ class LastTokenScore(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, attention_mask: jax.Array, train: bool) -> jax.Array:
         last = x[jnp.arange(x.shape[0]), last_token_index(attention_mask)]
-        last = nn.Dropout(self.dropout, deterministic=not train)(last)
+        last = Dropout(self.dropout, deterministic=not train)(last)
         return dense(self.num_classes, "score", self.dtype, use_bias=False)(last)
 
 

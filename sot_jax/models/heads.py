@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from sot_jax import ops
 from sot_jax.errors import UserError, check_choice
+from sot_jax.models.dropout import Dropout
 from sot_jax.models.layers import Dense, Dtype
 
 FUSIONS = ("sum_fc", "concat", "aggre_all", "sum_loss")
@@ -198,7 +199,7 @@ class ClassifierHead(nn.Module):
 
         tokens = x if self.fusion == "aggre_all" else x[:, 1:]
         features = POOLINGS[self.head](self, tokens)
-        features = nn.Dropout(self.head_dropout, deterministic=not train)(features).astype(self.dtype)
+        features = Dropout(self.head_dropout, deterministic=not train)(features).astype(self.dtype)
         if self.fusion == "aggre_all":
             return fc("visual_fc")(features)
         if self.fusion == "concat":

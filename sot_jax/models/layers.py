@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sot_jax.errors import UserError, check_choice, group_count
+from sot_jax.models.dropout import Dropout
 
 Dtype = Any
 
@@ -186,9 +187,9 @@ class Mlp(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         dim = x.shape[-1]
         x = nn.gelu(Dense(self.hidden, "fc1", dtype=self.dtype)(x), approximate=False)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout(self.dropout, deterministic=not train)(x)
         x = Dense(dim, "fc2", dtype=self.dtype)(x)
-        return nn.Dropout(self.dropout, deterministic=not train)(x)
+        return Dropout(self.dropout, deterministic=not train)(x)
 
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
@@ -261,7 +262,7 @@ class Block(nn.Module):
         norm = lambda name: nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name=name)  # noqa: E731
         drop_path = DropPath(self.drop_path)
         y = Attention(self.num_heads, self.qkv_bias, self.dtype, self.attention, name="attn")(norm("norm1")(x))
-        y = nn.Dropout(self.dropout, deterministic=not train)(y)
+        y = Dropout(self.dropout, deterministic=not train)(y)
         x = x + drop_path(y, train) / self.skip_lam
         y = Mlp(self.mlp_hidden, self.dropout, self.dtype, name="mlp")(norm("norm2")(x), train)
         x = x + drop_path(y, train) / self.skip_lam

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from sot_jax import ops
+from sot_jax.models.dropout import Dropout
 from sot_jax.models.layers import Dtype
 from sot_jax.models.text_layers import dense
 
@@ -112,7 +113,7 @@ class SoTTextHead(nn.Module):
         if self.svpn == "power_iter":
             start = self.param("svpn_start", nn.initializers.normal(1.0), (self.q,))
         y = jnp.swapaxes(ops.svpn(jnp.swapaxes(z, 1, 2), self.svpn_alpha, method=self.svpn, start=start), 1, 2)
-        y = nn.Dropout(self.dropout, deterministic=not train)(y.reshape(y.shape[0], self.q * self.k))
+        y = Dropout(self.dropout, deterministic=not train)(y.reshape(y.shape[0], self.q * self.k))
         visual_logits = dense(self.num_classes, "visual_fc", self.dtype)(y.astype(self.dtype))
         return cls_logits + visual_logits.astype(jnp.float32)
 

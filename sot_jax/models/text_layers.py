@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from sot_jax.errors import UserError
 from sot_jax.models import fused_attention
+from sot_jax.models.dropout import draw_seed
 from sot_jax.models.layers import Dtype
 
 # HF initializes Linear and Embedding weights N(0, initializer_range = 0.02), untruncated.
@@ -59,13 +60,13 @@ def attend(
     real tokens. Logits and softmax in float32. Outputs at queries whose keys are all masked are arbitrary (HF's are
     too): compare real positions only.
 
-    In training the attention probabilities are dropped as HF drops them, with `fused_attention.keep_mask`'s masks:
+    In training the attention probabilities are dropped as HF drops them, with `dropout.keep_mask`'s masks:
     by the fused Pallas kernels where they run (`fused_attention.kernel_runs`), elsewhere by the same function in XLA
     ops, so either path drops the same entries."""
     if not train:
         mask = key_mask[:, None, None, :]
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="xla")
-    seed = jax.random.bits(module.make_rng("dropout"), (2,), jnp.uint32) if dropout_rate else None
+    seed = draw_seed(module) if dropout_rate else None
     if fused_attention.kernel_runs(q.shape):
         return fused_attention.attention(q, k, v, key_mask, causal, dropout_rate, seed)
     return fused_attention.reference_attention(q, k, v, key_mask, causal, dropout_rate, seed)

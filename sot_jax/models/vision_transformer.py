@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from sot_jax import token_labels
 from sot_jax.errors import UserError
+from sot_jax.models.dropout import Dropout
 from sot_jax.models.heads import ClassifierHead, PairedLogits
 from sot_jax.models.layers import (
     Dtype,
@@ -90,7 +91,7 @@ class VisionTransformer(nn.Module):
             position = jnp.asarray(sinusoidal_position_embedding(x.shape[1], self.embed_dim))
         else:
             position = self.param("pos_embed", dense_init, (1, x.shape[1], self.embed_dim))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x + position.astype(x.dtype))
+        x = Dropout(self.dropout, deterministic=not train)(x + position.astype(x.dtype))
         x = transformer_blocks(
             x,
             depth=self.depth,
