@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import assert_trees_close, params_of
 
-from sot_jax import experiment, models, train
+from sot_jax import experiment, models, sharding, train
 
 
 def full_augmentation(tiny_config, **changes):
@@ -135,3 +135,19 @@ def test_a_folder_dataset_trains_resumes_exactly_and_evaluates(tiny_config, tmp_
     assert_trees_close(uninterrupted.opt_state, resumed.opt_state)
     evals = [json.loads(r) for r in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines() if "val_top1" in r]
     assert [r["step"] for r in evals] == [3, 6] and all(0.0 <= r["val_top1"] <= 100.0 for r in evals)
+
+
+def test_the_jitted_step_is_traced_under_its_mesh(monkeypatch):
+    """`fused_attention.attention` reads the mesh while the step is traced, to run its kernels on each device's part
+    of the batch; without it, several GPUs would fall back to XLA's attention."""
+    seen = []
+
+    def step(state, batch, **_):
+        seen.append(jax.sharding.get_abstract_mesh())
+        return state, {"loss": batch["x"].sum()}
+
+    monkeypatch.setattr(train, "train_step", step)
+    mesh = sharding.make_mesh()
+    jitted = train.jit_train_step(None, None, None, None, sharding.replicated(mesh), sharding.batch_sharding(mesh))
+    jitted.trace(np.zeros(3, np.float32), {"x": np.zeros(4, np.float32)})
+    assert seen == [mesh.abstract_mesh]
