@@ -125,8 +125,11 @@ row matmul_peak 20 90 "$PYTHON" bench/train_throughput.py --peak
 text bert_b256_jax_attention_dropout0 70 240 jax bert_base_sot:attention_dropout=0 256
 row bert_b256_jax_rbg 70 240 JAX_DEFAULT_PRNG_IMPL=rbg "$PYTHON" bench/text_throughput.py --one jax bert_base_sot 256 \
   --steps 10
-# Round five (hashed hidden dropout): its bound (hidden and embedding dropouts off) and the rows with the code before
-# it (REFS/before/sot_jax, a copy of the package at the commit before the change).
+# The rows of the change being measured with the code before it (REFS/before/sot_jax, a copy of the package at the
+# commit before the change; BENCHMARKS.md names the commit in each round), and round five's bound (hidden and
+# embedding dropouts off).
+row deit_s_jax_before 45 150 PYTHONPATH="$refs/before:bench" "$PYTHON" bench/train_throughput.py \
+  --one deit_small_patch16_224 --batch 256 --steps 10 --no-eval
 for model in bert_base_sot gpt2_sot; do
   row "${model%%_*}_b256_jax_before" 70 240 PYTHONPATH="$refs/before:bench" "$PYTHON" bench/text_throughput.py \
     --one jax "$model" 256 --steps 10
