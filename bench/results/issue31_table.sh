@@ -9,7 +9,7 @@
 # REFS (default .refs) holds SoT (jiangtaoxie/SoT), HVT (zhuang-group/HVT), TokenLabeling (zihangJiang/
 # TokenLabeling) and timm_0.3.4, timm_0.3.2, timm_0.4.5 (each wheel unzipped). With $OUT set, STATE's results
 # (rows.jsonl), the log and the device's versions are copied there after every row. With ONLY="NAME ...", only
-# those rows run.
+# those rows run; VARIANTS="NAME ..." names the package copies under REFS that the variant rows run.
 set -u
 PYTHON=${PYTHON:-python3}
 state=${1:?STATE_DIR}
@@ -125,14 +125,16 @@ row matmul_peak 20 90 "$PYTHON" bench/train_throughput.py --peak
 text bert_b256_jax_attention_dropout0 70 240 jax bert_base_sot:attention_dropout=0 256
 row bert_b256_jax_rbg 70 240 JAX_DEFAULT_PRNG_IMPL=rbg "$PYTHON" bench/text_throughput.py --one jax bert_base_sot 256 \
   --steps 10
-# The rows of the change being measured with the code before it (REFS/before/sot_jax, a copy of the package at the
-# commit before the change; BENCHMARKS.md names the commit in each round), and round five's bound (hidden and
-# embedding dropouts off).
-row deit_s_jax_before 45 150 PYTHONPATH="$refs/before:bench" "$PYTHON" bench/train_throughput.py \
-  --one deit_small_patch16_224 --batch 256 --steps 10 --no-eval
-for model in bert_base_sot gpt2_sot; do
-  row "${model%%_*}_b256_jax_before" 70 240 PYTHONPATH="$refs/before:bench" "$PYTHON" bench/text_throughput.py \
-    --one jax "$model" 256 --steps 10
+# The same rows with other copies of the package: REFS/NAME/sot_jax for each NAME in VARIANTS (default "before", the
+# package at the commit before the change being measured; BENCHMARKS.md names each round's copies), and round five's
+# bound (hidden and embedding dropouts off).
+for variant in ${VARIANTS:-before}; do
+  row "deit_s_jax_$variant" 45 150 PYTHONPATH="$refs/$variant:bench" "$PYTHON" bench/train_throughput.py \
+    --one deit_small_patch16_224 --batch 256 --steps 10 --no-eval
+  for model in bert_base_sot gpt2_sot; do
+    row "${model%%_*}_b256_jax_$variant" 70 240 PYTHONPATH="$refs/$variant:bench" "$PYTHON" \
+      bench/text_throughput.py --one jax "$model" 256 --steps 10
+  done
 done
 text bert_b256_jax_dropout0 70 240 jax bert_base_sot:dropout=0 256
 # Round five's flag candidates (issue 31, item 1), each with sot_jax's defaults added (xla_defaults keeps the
