@@ -55,7 +55,9 @@ def _gelu_forward(x: jax.Array, approximate: bool) -> tuple[jax.Array, jax.Array
 
 
 def _gelu_backward(approximate: bool, x: jax.Array, cotangent: jax.Array) -> tuple[jax.Array]:
-    slope = _value_and_slope(x, approximate)[1]
+    # The barrier keeps XLA from merging this recomputation with the forward's (common-subexpression elimination),
+    # which would keep the forward's float32 intermediates alive until here: what the custom VJP is to avoid.
+    slope = _value_and_slope(lax.optimization_barrier(x), approximate)[1]
     return ((cotangent.astype(slope.dtype) * slope).astype(x.dtype),)
 
 
