@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from sot_jax.errors import UserError, check_choice, group_count
-from sot_jax.models.activations import gelu
 from sot_jax.models.dropout import Dropout
 
 Dtype = Any
@@ -187,7 +186,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         dim = x.shape[-1]
-        x = gelu(Dense(self.hidden, "fc1", dtype=self.dtype)(x))
+        x = nn.gelu(Dense(self.hidden, "fc1", dtype=self.dtype)(x), approximate=False)
         x = Dropout(self.dropout, deterministic=not train)(x)
         x = Dense(dim, "fc2", dtype=self.dtype)(x)
         return Dropout(self.dropout, deterministic=not train)(x)

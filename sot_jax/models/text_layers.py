@@ -14,7 +14,6 @@ import jax.numpy as jnp
 
 from sot_jax.errors import UserError
 from sot_jax.models import fused_attention
-from sot_jax.models.activations import gelu
 from sot_jax.models.dropout import draw_seed
 from sot_jax.models.layers import Dtype
 
@@ -23,8 +22,8 @@ text_init = nn.initializers.normal(0.02)
 
 # Activation names as HF's ACT2FN spells them: "gelu" is the exact (erf) GELU, "gelu_new" the tanh approximation.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: gelu(x, approximate=False),
-    "gelu_new": lambda x: gelu(x, approximate=True),
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
     "relu": nn.relu,
     "silu": nn.silu,
 }
