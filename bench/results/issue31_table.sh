@@ -10,6 +10,9 @@
 # TokenLabeling) and timm_0.3.4, timm_0.3.2, timm_0.4.5 (each wheel unzipped). With $OUT set, STATE's results
 # (rows.jsonl), the log and the device's versions are copied there after every row. With ONLY="NAME ...", only
 # those rows run; VARIANTS="NAME ..." names the package copies under REFS that the variant rows run.
+# A table longer than one device call (10 minutes) runs detached, so that no row waits for the next call:
+#   OUT= setsid nohup bench/results/issue31_table.sh STATE DEADLINE </dev/null >/dev/null 2>&1 &
+# and each call then waits for "=== call done" in STATE/log.txt (or its own limit) and copies STATE/*.json back.
 set -u
 PYTHON=${PYTHON:-python3}
 state=${1:?STATE_DIR}
@@ -90,6 +93,7 @@ text() {  # NAME ESTIMATE TIMEOUT FRAMEWORK VARIANT BATCH [ARGS...]: bench/text_
   row "$name" "$estimate" "$limit" "$PYTHON" bench/text_throughput.py --one "$1" "$2" "$3" --steps 10 "${@:4}"
 }
 
+row matmul_peak 20 90 "$PYTHON" bench/train_throughput.py --peak
 jax_vision deit_s_jax 45 150 deit_small_patch16_224 --profile "$state/profile_deit_s"
 torch_vision deit_s_torch_eager 40 150 deit_small_patch16_224 "" ""
 torch_vision deit_s_torch_compile 100 300 deit_small_patch16_224 "" "" --compile
@@ -105,9 +109,6 @@ text bert_b32_torch_compile 90 300 torch compile 32
 text gpt2_b32_jax 60 200 jax gpt2_sot 32
 text gpt2_b32_torch_eager 30 150 torch gpt2:eager 32
 text gpt2_b32_torch_compile 90 300 torch gpt2:compile 32
-text gpt2_b256_jax 60 200 jax gpt2_sot 256
-text gpt2_b256_torch_eager 30 150 torch gpt2:eager 256
-text gpt2_b256_torch_compile 90 300 torch gpt2:compile 256
 jax_vision hvt_s_1_jax 45 150 hvt_s_1
 torch_vision hvt_s_1_torch_eager 40 150 hvt_s_1 HVT timm_0.3.2
 torch_vision hvt_s_1_torch_compile 100 300 hvt_s_1 HVT timm_0.3.2 --compile
@@ -119,9 +120,12 @@ torch_vision sot_tiny_torch_compile 120 300 SoT_Tiny SoT timm_0.3.4 --compile
 jax_vision sot_base_jax 160 320 sot_base
 torch_vision sot_base_torch_eager 55 150 SoT_Base SoT timm_0.3.4
 torch_vision sot_base_torch_compile 130 300 SoT_Base SoT timm_0.3.4 --compile
+# GPT-2 at batch 256 after the rows that "done when" names.
+text gpt2_b256_jax 60 200 jax gpt2_sot 256
+text gpt2_b256_torch_eager 30 150 torch gpt2:eager 256
+text gpt2_b256_torch_compile 90 300 torch gpt2:compile 256
 # Last of the table's rows: torch.compile made the official LV-ViT slower than eager in every lease so far.
 torch_vision lvvit_s_torch_compile 120 300 lvvit_s TokenLabeling timm_0.4.5 --compile
-row matmul_peak 20 90 "$PYTHON" bench/train_throughput.py --peak
 # Extra rows (levers), predictions in BENCHMARKS.md written before the run.
 text bert_b256_jax_attention_dropout0 70 240 jax bert_base_sot:attention_dropout=0 256
 row bert_b256_jax_rbg 70 240 JAX_DEFAULT_PRNG_IMPL=rbg "$PYTHON" bench/text_throughput.py --one jax bert_base_sot 256 \
