@@ -13,6 +13,7 @@
 # A table longer than one device call (10 minutes) runs detached, so that no row waits for the next call:
 #   OUT= setsid nohup bench/results/issue31_table.sh STATE DEADLINE </dev/null >/dev/null 2>&1 &
 # and each call then waits for "=== call done" in STATE/log.txt (or its own limit) and copies STATE/*.json back.
+# Every such call must carry REFS again: a call without it left the device without REFS while rows still ran.
 set -u
 PYTHON=${PYTHON:-python3}
 state=${1:?STATE_DIR}
