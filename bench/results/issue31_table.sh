@@ -9,12 +9,34 @@
 # REFS (default .refs) holds SoT (jiangtaoxie/SoT), HVT (zhuang-group/HVT), TokenLabeling (zihangJiang/
 # TokenLabeling) and timm_0.3.4, timm_0.3.2, timm_0.4.5 (each wheel unzipped). With $OUT set, STATE's results
 # (rows.jsonl), the log and the device's versions are copied there after every row. With ONLY="NAME ...", only
-# those rows run; VARIANTS="NAME ..." names the package copies under REFS that the variant rows run.
-# A table longer than one device call (10 minutes) runs detached, so that no row waits for the next call:
-#   OUT= setsid nohup bench/results/issue31_table.sh STATE DEADLINE </dev/null >/dev/null 2>&1 &
-# and each call then waits for "=== call done" in STATE/log.txt (or its own limit) and copies STATE/*.json back.
-# Every such call must carry REFS again: a call without it left the device without REFS while rows still ran.
+# those rows run, and ONLY=table runs the table's 30 rows and the matmul peak; VARIANTS="NAME ..." names the package
+# copies under REFS that the variant rows run.
+# A table longer than one device call (10 minutes) runs detached, so that no row waits for the next call. Each call
+# of the lease runs the same two commands (the first starts the table, later ones find it started) and carries REFS
+# again (a call without it left the device without REFS while rows still ran):
+#   bench/results/issue31_table.sh --detach STATE DEADLINE [REFS]   # starts the table in its own session, once
+#   bench/results/issue31_table.sh --watch STATE SECONDS            # STATE's rows to $OUT until done or SECONDS
 set -u
+copy_back() {  # STATE's results so far, its log and the device's versions, to $OUT
+  cat "$1"/*.json >"${OUT:?}/rows.jsonl" 2>/dev/null
+  cp "$1/log.txt" "$1/device.txt" "$OUT/" 2>/dev/null
+  return 0
+}
+case "${1:-}" in
+  --detach)
+    shift
+    mkdir -p "${1:?STATE_DIR}"
+    [ -e "$1/started" ] && exit 0
+    touch "$1/started"
+    OUT= setsid nohup bash -c 'bash "$0" "$@"; touch "$1/done"' "$0" "$@" </dev/null >/dev/null 2>&1 &
+    exit 0 ;;
+  --watch)
+    end=$((SECONDS + ${3:?SECONDS}))
+    until [ -e "${2:?STATE_DIR}/done" ] || [ "$SECONDS" -ge "$end" ]; do copy_back "$2"; sleep 10; done
+    copy_back "$2"
+    tail -n 5 "$2/log.txt"
+    exit 0 ;;
+esac
 PYTHON=${PYTHON:-python3}
 state=${1:?STATE_DIR}
 deadline=$((SECONDS + ${2:?DEADLINE_SECONDS}))
@@ -44,11 +66,16 @@ publish() {  # the results so far, in the rows' order, to $OUT (what comes back 
 }
 
 order=()
+table=1  # 0 from the extra rows on (ONLY=table stops there)
 run() {  # NAME ESTIMATE TIMEOUT COMMAND...: the command's last JSON line (RESULT prefix dropped) to STATE/NAME.json
   local name=$1 estimate=$2 limit=$3
   shift 3
   [ -s "$state/$name.json" ] && return
-  [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return
+  if [ "${ONLY:-}" = table ]; then
+    [ "$table" = 1 ] || return
+  elif [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
+    return
+  fi
   local left=$((deadline - SECONDS))
   if [ "$estimate" -gt "$left" ]; then echo "$name: left for the next call (estimate ${estimate} s, ${left} s left)"; return; fi
   [ "$limit" -gt "$left" ] && limit=$left
@@ -128,6 +155,7 @@ torch_vision lvvit_s_torch_compile 120 300 lvvit_s TokenLabeling timm_0.4.5 --co
 text gpt2_b256_jax 60 200 jax gpt2_sot 256
 text gpt2_b256_torch_eager 30 150 torch gpt2:eager 256
 text gpt2_b256_torch_compile 90 300 torch gpt2:compile 256
+table=0
 # Extra rows (levers), predictions in BENCHMARKS.md written before the run.
 text bert_b256_jax_attention_dropout0 70 240 jax bert_base_sot:attention_dropout=0 256
 row bert_b256_jax_rbg 70 240 JAX_DEFAULT_PRNG_IMPL=rbg "$PYTHON" bench/text_throughput.py --one jax bert_base_sot 256 \
