@@ -17,9 +17,11 @@
 #   bench/results/issue31_table.sh --detach STATE DEADLINE [REFS]   # starts the table in its own session, once
 #   bench/results/issue31_table.sh --watch STATE SECONDS            # STATE's rows to $OUT until done or SECONDS
 set -u
-copy_back() {  # STATE's results so far, its log and the device's versions, to $OUT
-  cat "$1"/*.json >"${OUT:?}/rows.jsonl" 2>/dev/null
+copy_back() {  # STATE's results so far (in the order they finished), its log, the device's versions and the rows'
+  # stderr tails, to $OUT (what comes back even when the call times out)
+  ls -tr "$1"/*.json 2>/dev/null | xargs -r cat >"${OUT:?}/rows.jsonl"
   cp "$1/log.txt" "$1/device.txt" "$OUT/" 2>/dev/null
+  tail -n 40 "$1"/*.err >"$OUT/stderr_tails.txt" 2>/dev/null
   return 0
 }
 case "${1:-}" in
@@ -56,18 +58,8 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "tim
 fi
 echo "=== call at $(date -u +%T), deadline in $((deadline - SECONDS)) s"
 
-publish() {  # the results so far, in the rows' order, to $OUT (what comes back even when the call times out)
-  [ -n "${OUT:-}" ] || return 0
-  : >"$OUT/rows.jsonl"
-  for name in "${order[@]}"; do [ -s "$state/$name.json" ] && cat "$state/$name.json" >>"$OUT/rows.jsonl"; done
-  cp "$state/device.txt" "$log" "$OUT/" 2>/dev/null
-  tail -n 40 "$state"/*.err >"$OUT/stderr_tails.txt" 2>/dev/null
-  return 0
-}
-
-order=()
 table=1  # 0 from the extra rows on (ONLY=table stops there)
-run() {  # NAME ESTIMATE TIMEOUT COMMAND...: the command's last JSON line (RESULT prefix dropped) to STATE/NAME.json
+row() {  # NAME ESTIMATE TIMEOUT COMMAND...: the command's last JSON line (RESULT prefix dropped) to STATE/NAME.json
   local name=$1 estimate=$2 limit=$3
   shift 3
   [ -s "$state/$name.json" ] && return
@@ -92,12 +84,7 @@ wall_s=int(sys.argv[3]), finished=sys.argv[4]); print(json.dumps(row))' \
   else
     echo "$name: failed rc=$rc after $((SECONDS - start)) s: $(grep -E 'Error|error' "$state/$name.err" | tail -2)"
   fi
-  publish
-}
-
-row() {  # NAME ESTIMATE TIMEOUT COMMAND...: queued in order (the table's order of importance)
-  order+=("$1")
-  run "$@"
+  [ -z "${OUT:-}" ] || copy_back "$state"
 }
 
 jax_vision() {  # NAME ESTIMATE TIMEOUT MODEL [ARGS...]: the full sot_jax train step, batch 256
@@ -186,4 +173,4 @@ text bert_b256_jax_profile 90 240 jax bert_base_sot 256 --profile "$state/profil
 text bert_b256_torch_compile_profile 60 300 torch compile 256 --profile "$state/profile_bert"
 text bert_b256_jax_bound_cudnn 70 240 jax bert_base_sot:bound=cudnn 256
 echo "=== call done at $(date -u +%T), $((deadline - SECONDS)) s before the deadline"
-publish
+[ -z "${OUT:-}" ] || copy_back "$state"
