@@ -4,7 +4,9 @@
 
 Prints one Markdown row per model: sot_jax's number, PyTorch eager and compiled, and the ratio to the faster
 PyTorch number; vision rows also the step's GFLOP per image and MFU (against the matmul peak measured in the same
-lease), rows not measured left blank.
+lease), rows not measured left blank. Text rows in both pairings (the table script's `text_like_for_like`): the SoT
+text head on both sides (sot_jax's SoT row against HF's encoder under the official head) and the baseline heads
+(sot_jax's against HF's sequence classifier), and sot_jax's SoT row against HF's baseline as measured before.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ VISION = {
     "sot_tiny": "sot_tiny",
     "sot_base": "sot_base",
 }
-TEXT = {
-    "BERT-base + SoT, batch 256": "bert_b256",
-    "BERT-base + SoT, batch 32": "bert_b32",
-    "GPT-2 + SoT, batch 32": "gpt2_b32",
-    "GPT-2 + SoT, batch 256": "gpt2_b256",
+TEXT = {  # the same prefix + _jax_plain, _torch_sot_eager, _torch_sot_compile: the like-for-like rows
+    "BERT-base, batch 256": "bert_b256",
+    "BERT-base, batch 32": "bert_b32",
+    "GPT-2, batch 32": "gpt2_b32",
+    "GPT-2, batch 256": "gpt2_b256",
 }
 EXTRA = {
     "BERT-base + SoT, batch 256, `attention_dropout=0`": "bert_b256_jax_attention_dropout0",
@@ -47,11 +49,14 @@ def main() -> None:
     def cell(value, form="{:,.0f}"):
         return form.format(value) if value is not None else "not measured"
 
-    def measured(key: str, metric: str) -> tuple[dict, float | None, float | None, float | None]:
+    def measured(key: str, metric: str, jax: str = "jax", torch: str = "torch") -> tuple[dict, float | None, ...]:
         """A row's JAX result, its PyTorch eager and compiled rates, and the better of the two."""
-        eager = rows.get(f"{key}_torch_eager", {}).get(metric)
-        compiled = rows.get(f"{key}_torch_compile", {}).get(metric)
-        return rows.get(f"{key}_jax", {}), eager, compiled, max(filter(None, [eager, compiled]), default=None)
+        eager = rows.get(f"{key}_{torch}_eager", {}).get(metric)
+        compiled = rows.get(f"{key}_{torch}_compile", {}).get(metric)
+        return rows.get(f"{key}_{jax}", {}), eager, compiled, max(filter(None, [eager, compiled]), default=None)
+
+    def ratio(speed, best) -> str:
+        return f"**{speed / best:.2f}×** ({speed / best:.3f})" if speed and best else ""
 
     print("| model (batch 256) | sot_jax img/s (step ms) | GFLOP / img / step | MFU | peak GiB | PyTorch eager | "
           "PyTorch compiled | vs best PyTorch |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
@@ -70,13 +75,16 @@ def main() -> None:
             f"**{speed / best:.2f}×**" if speed and best else "",
         ]
         print("| " + " | ".join(cells) + " |")
-    print("\n| text model (seq 128) | sot_jax seq/s | peak GiB | HF eager | HF compiled | vs best PyTorch |\n"
-          "|---|---|---|---|---|---|")  # fmt: skip
+    print("\n| text model (seq 128), seq/s | sot_jax + SoT (peak GiB) | HF + official SoT eager | compiled | **SoT vs "
+          "SoT** | sot_jax baseline head | HF eager | HF compiled | **baseline vs baseline** | sot_jax + SoT vs HF "
+          "baseline |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for label, key in TEXT.items():
-        jax_row, eager, compiled, best = measured(key, "seq_per_s")
-        speed = jax_row.get("seq_per_s")
-        cells = [label, cell(speed), cell(jax_row.get("peak_GiB"), "{:.1f}"), cell(eager), cell(compiled)]
-        cells.append(f"**{speed / best:.2f}×**" if speed and best else "")
+        sot, sot_eager, sot_compiled, sot_best = measured(key, "seq_per_s", torch="torch_sot")
+        plain, eager, compiled, best = measured(key, "seq_per_s", jax="jax_plain")
+        speed, plain_speed = sot.get("seq_per_s"), plain.get("seq_per_s")
+        cells = [label, f"{cell(speed)} ({cell(sot.get('peak_GiB'), '{:.1f}')})", cell(sot_eager), cell(sot_compiled),
+                 ratio(speed, sot_best), cell(plain_speed), cell(eager), cell(compiled), ratio(plain_speed, best),
+                 ratio(speed, best)]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
     base = rows.get("bert_b256_jax", {}).get("seq_per_s")
     print("\n| extra row | sot_jax seq/s | vs the default BERT b256 row |\n|---|---|---|")

@@ -1,14 +1,18 @@
 """GLUE fine-tuning throughput: sot_jax's BERT-base (SoT text head and HF's pooler head) and GPT-2 (SoT text head)
-against HF transformers' PyTorch `BertForSequenceClassification` and `GPT2ForSequenceClassification` (eager and
-`torch.compile`), in one run on one GPU.
+against HF transformers' PyTorch `BertForSequenceClassification` and `GPT2ForSequenceClassification`, and against
+HF's encoders with the official SoT text head (eager and `torch.compile`), in one run on one GPU.
 
-    python bench/text_throughput.py [--batches 32 256] [--steps 20] [--json out.json]
+    python bench/text_throughput.py [--batches 32 256] [--steps 20] [--json out.json] [--official-repo PATH]
     python bench/text_throughput.py --rows jax:bert_base_sot jax:bert_base_sot:attention_dropout=0 --profile DIR
     python bench/text_throughput.py --batches 32 --rows jax:gpt2_sot torch:gpt2:eager torch:gpt2:compile
 
 Rows are FRAMEWORK:VARIANT. JAX: MODEL[:KEY=VALUE,...], a text model of `configs/sot_glue.py` (its CoLA recipe) with
 `config.model` overrides (and `bound=cudnn`: cuDNN's fused attention without attention dropout, a bound).
-PyTorch: [gpt2:]MODE, MODE eager or compile (BERT without the prefix).
+PyTorch: [FAMILY:]MODE, MODE eager or compile; FAMILY gpt2 (BERT without it), or bert_sot / gpt2_sot: HF's
+`BertModel` / `GPT2Model` with the official SoT text head in place of the pooler, as the official code builds it
+(`cokezrr/transformers` at 794889f, imported from `--official-repo PATH`, a checkout outside this repository, never
+copied here), with the head sot_jax's row has (the CoLA recipe's q, k and dropout); GPT-2's class token is its last
+real token, moved to the front as sot_jax does. `--official-repo` adds these rows to the default ones.
 
 Each row runs in its own process (its own peak memory): synthetic token ids at sequence length 128, every token
 real (no padding), 2 classes, bf16 compute (JAX: `dtype=bfloat16` with float32 parameters; PyTorch: bf16
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,6 +38,8 @@ ROWS = (
     ("jax", "bert_base_sot"), ("jax", "bert_base"), ("torch", "eager"), ("torch", "compile"),
     ("jax", "gpt2_sot"), ("torch", "gpt2:eager"), ("torch", "gpt2:compile"),
 )  # fmt: skip
+OFFICIAL_HEAD_ROWS = (("torch", "bert_sot:eager"), ("torch", "bert_sot:compile"), ("torch", "gpt2_sot:eager"),
+                      ("torch", "gpt2_sot:compile"))  # fmt: skip
 GPT2_PAD_TOKEN = 50256  # GPT-2's <|endoftext|>: HF's sequence classifier needs a pad id to find the last token
 
 
@@ -60,19 +67,24 @@ def median_step_seconds(step, steps: int) -> float:
     return float(np.median(times))
 
 
-def jax_row(spec: str, batch: int, steps: int, profile_dir: str | None = None) -> dict:
-    """`spec` = MODEL[:KEY=VALUE,...] with `config.model` overrides (e.g. bert_base_sot:attention_dropout=0)."""
+def recipe_config(model_name: str):
+    """`configs/sot_glue.py`'s config of MODEL on CoLA, the recipe every row trains with."""
     import importlib.util
-
-    import jax
-
-    from sot_jax import experiment, sharding
 
     module_spec = importlib.util.spec_from_file_location("sot_glue", "configs/sot_glue.py")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
+    return module.get_config(f"{model_name},cola")
+
+
+def jax_row(spec: str, batch: int, steps: int, profile_dir: str | None = None) -> dict:
+    """`spec` = MODEL[:KEY=VALUE,...] with `config.model` overrides (e.g. bert_base_sot:attention_dropout=0)."""
+    import jax
+
+    from sot_jax import experiment, sharding
+
     model_name, _, options = spec.partition(":")
-    config = module.get_config(f"{model_name},cola")
+    config = recipe_config(model_name)
     config.batch_size = batch
     for option in filter(None, options.split(",")):
         key, value = option.split("=")
@@ -170,23 +182,63 @@ def torch_profile(step, steps: int = 3) -> dict:
     return {"by_class_ms": dict(by_class.most_common()), "top_ms": dict(by_kernel.most_common(40))}
 
 
-def torch_row(variant: str, batch: int, steps: int, profile: bool = False) -> dict:
-    """`variant` = [gpt2:]MODE: HF's BERT-base (default) or GPT-2 sequence classifier, MODE eager or compile."""
+def official_sot_model(family: str, official_repo: str | None):
+    """HF's BERT-base or GPT-2 encoder under the official SoT text head (`torch_row`'s bert_sot and gpt2_sot)."""
+    import torch
+    import transformers
+
+    if not official_repo:
+        raise SystemExit(f"PyTorch row {family}: needs --official-repo PATH (a checkout of cokezrr/transformers)")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures"))
+    from make_text_fixtures import official_classifier
+
+    gpt = family == "gpt2_sot"
+    model = recipe_config("gpt2_sot" if gpt else "bert_base_sot").model
+    encoder = transformers.GPT2Model(transformers.GPT2Config()) if gpt else transformers.BertModel(
+        transformers.BertConfig(), add_pooling_layer=False)  # fmt: skip
+    head = official_classifier(official_repo, encoder.config.hidden_size, model.head_dropout, model.sot_q,
+                               model.sot_k, num_classes=2)  # fmt: skip
+
+    class OfficialSoT(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.head = encoder, head
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            x = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **types).last_hidden_state
+            if gpt:  # the last real token first, the other positions in order (sot_jax's text.class_token_first)
+                last = attention_mask.sum(1, keepdim=True) - 1
+                others = torch.arange(x.shape[1] - 1, device=x.device)[None]
+                order = torch.cat([last, torch.where(others < last, others, others + 1)], dim=1)
+                x = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
+            return transformers.modeling_outputs.SequenceClassifierOutput(logits=self.head(x))
+
+    return OfficialSoT()
+
+
+def torch_row(variant: str, batch: int, steps: int, profile: bool = False, official_repo: str | None = None) -> dict:
+    """`variant` = [FAMILY:]MODE: HF's BERT-base (no FAMILY) or GPT-2 (gpt2) sequence classifier, or either encoder
+    under the official SoT text head (bert_sot, gpt2_sot); MODE eager or compile."""
     import torch
     import transformers
 
     family, _, mode = variant.rpartition(":")
-    if mode not in ("eager", "compile") or family not in ("", "gpt2"):
-        raise ValueError(f"PyTorch row {variant!r}: [gpt2:]eager or [gpt2:]compile")
+    families = ("", "gpt2", "bert_sot", "gpt2_sot")
+    if mode not in ("eager", "compile") or family not in families:
+        raise ValueError(f"PyTorch row {variant!r}: [FAMILY:]eager or [FAMILY:]compile, FAMILY one of "
+                         f"{', '.join(families[1:])} (none: BERT)")  # fmt: skip
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a quick check that the row runs
-    if family == "gpt2":  # dropout 0.1 on embeddings, attention and residuals, as configs/sot_glue.py's gpt2
+    if family.endswith("_sot"):
+        model = official_sot_model(family, official_repo)
+    elif family == "gpt2":  # dropout 0.1 on embeddings, attention and residuals, as configs/sot_glue.py's gpt2
         config = transformers.GPT2Config(num_labels=2, pad_token_id=GPT2_PAD_TOKEN)
         model = transformers.GPT2ForSequenceClassification(config)
     else:
         model = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2))
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0, fused=device == "cuda")
-    arrays = synthetic_batch(batch, gpt=family == "gpt2")
+    arrays = synthetic_batch(batch, gpt=family.startswith("gpt2"))
     data = {k: torch.from_numpy(v.astype(np.int64)).to(device) for k, v in arrays.items()}
     labels = data.pop("label")
 
@@ -209,7 +261,9 @@ def torch_row(variant: str, batch: int, steps: int, profile: bool = False) -> di
         step()
     seconds = median_step_seconds(step, steps)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
-    row = {"row": f"torch {mode} (HF {type(model).__name__})", "batch": batch, "seq_per_s": batch / seconds,
+    name = f"HF {family.split('_')[0].upper()}'s encoder, official SoT head" if family.endswith("_sot") else (
+        f"HF {type(model).__name__}")  # fmt: skip
+    row = {"row": f"torch {mode} ({name})", "batch": batch, "seq_per_s": batch / seconds,
            "peak_GiB": peak, "torch": torch.__version__, "transformers": transformers.__version__}  # fmt: skip
     if profile:
         row["profile"] = torch_profile(step)
@@ -225,6 +279,8 @@ def main() -> None:
     parser.add_argument("--profile", help="trace the rows (the JAX ones under this folder, with command buffers off "
                         "so each kernel names its op) and print their top kernels")  # fmt: skip
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--official-repo", help="a checkout of cokezrr/transformers, for the bert_sot and gpt2_sot "
+                        "PyTorch rows (added to the default rows)")  # fmt: skip
     parser.add_argument("--no-xla-defaults", action="store_true", help="leave XLA_FLAGS as given, without "
                         "sot_jax.xla_defaults (the 'before' column of BENCHMARKS.md's XLA defaults table)")  # fmt: skip
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # internal: framework, variant, batch
@@ -240,16 +296,18 @@ def main() -> None:
         if framework == "jax":
             row = jax_row(variant, int(batch), args.steps, args.profile and f"{args.profile}/{variant}_{batch}")
         else:
-            row = torch_row(variant, int(batch), args.steps, profile=bool(args.profile))
+            row = torch_row(variant, int(batch), args.steps, bool(args.profile), args.official_repo)
         print("RESULT " + json.dumps(row), flush=True)
         return
-    rows = [tuple(r.split(":", 1)) for r in args.rows] if args.rows else ROWS
+    rows = [tuple(r.split(":", 1)) for r in args.rows] if args.rows else ROWS + OFFICIAL_HEAD_ROWS * bool(
+        args.official_repo)  # fmt: skip
     results = []
     for batch in args.batches:
         for framework, variant in rows:
             command = [sys.executable, __file__, "--one", framework, variant, str(batch), "--steps", str(args.steps)]
             command += ["--profile", args.profile] if args.profile else []
             command += ["--no-xla-defaults"] if args.no_xla_defaults else []
+            command += ["--official-repo", args.official_repo] if args.official_repo else []
             done = subprocess.run(command, capture_output=True, text=True)
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if not lines:

@@ -7,9 +7,10 @@
 # Usage, from the repository root, with the official checkouts and their pinned timm unpacked under REFS:
 #   bench/results/issue31_table.sh STATE_DIR DEADLINE_SECONDS [REFS]
 # REFS (default .refs) holds SoT (jiangtaoxie/SoT), HVT (zhuang-group/HVT), TokenLabeling (zihangJiang/
-# TokenLabeling) and timm_0.3.4, timm_0.3.2, timm_0.4.5 (each wheel unzipped). With $OUT set, STATE's results
+# TokenLabeling), cokezrr_transformers (its src/model, src/normalization and src/representation: the official SoT
+# text head) and timm_0.3.4, timm_0.3.2, timm_0.4.5 (each wheel unzipped). With $OUT set, STATE's results
 # (rows.jsonl), the log and the device's versions are copied there after every row. With ONLY="NAME ...", only
-# those rows run, and ONLY=table runs the table's 30 rows and the matmul peak; VARIANTS="NAME ..." names the package
+# those rows run, and ONLY=table runs the table's 42 rows and the matmul peak; VARIANTS="NAME ..." names the package
 # copies under REFS that the variant rows run.
 # A table longer than one device call (10 minutes) runs detached, so that no row waits for the next call. Each call
 # of the lease runs the same two commands (the first starts the table, later ones find it started) and carries REFS
@@ -108,6 +109,14 @@ text() {  # NAME ESTIMATE TIMEOUT FRAMEWORK VARIANT BATCH [ARGS...]: bench/text_
   row "$name" "$estimate" "$limit" "$PYTHON" bench/text_throughput.py --one "$1" "$2" "$3" --steps 10 "${@:4}"
 }
 
+text_like_for_like() {  # MODEL BATCH: sot_jax's baseline head against HF's (the table's rows), and HF's encoder
+  # under the official SoT text head (REFS/cokezrr_transformers) against sot_jax's SoT rows
+  local family=${1%%_*} official=(--official-repo "$refs/cokezrr_transformers")
+  text "${family}_b$2_jax_plain" 60 200 jax "$1" "$2"
+  text "${family}_b$2_torch_sot_eager" 30 150 torch "${family}_sot:eager" "$2" "${official[@]}"
+  text "${family}_b$2_torch_sot_compile" 90 300 torch "${family}_sot:compile" "$2" "${official[@]}"
+}
+
 row matmul_peak 20 90 "$PYTHON" bench/train_throughput.py --peak
 jax_vision deit_s_jax 45 150 deit_small_patch16_224 --profile "$state/profile_deit_s"
 torch_vision deit_s_torch_eager 40 150 deit_small_patch16_224 "" ""
@@ -118,12 +127,15 @@ torch_vision sot_small_torch_compile 120 300 SoT_Small SoT timm_0.3.4 --compile
 text bert_b256_jax 70 240 jax bert_base_sot 256
 text bert_b256_torch_eager 40 150 torch eager 256
 text bert_b256_torch_compile 90 300 torch compile 256
+text_like_for_like bert_base 256
 text bert_b32_jax 60 200 jax bert_base_sot 32
 text bert_b32_torch_eager 30 150 torch eager 32
 text bert_b32_torch_compile 90 300 torch compile 32
+text_like_for_like bert_base 32
 text gpt2_b32_jax 60 200 jax gpt2_sot 32
 text gpt2_b32_torch_eager 30 150 torch gpt2:eager 32
 text gpt2_b32_torch_compile 90 300 torch gpt2:compile 32
+text_like_for_like gpt2 32
 jax_vision hvt_s_1_jax 45 150 hvt_s_1
 torch_vision hvt_s_1_torch_eager 40 150 hvt_s_1 HVT timm_0.3.2
 torch_vision hvt_s_1_torch_compile 100 300 hvt_s_1 HVT timm_0.3.2 --compile
@@ -142,6 +154,7 @@ torch_vision lvvit_s_torch_compile 120 300 lvvit_s TokenLabeling timm_0.4.5 --co
 text gpt2_b256_jax 60 200 jax gpt2_sot 256
 text gpt2_b256_torch_eager 30 150 torch gpt2:eager 256
 text gpt2_b256_torch_compile 90 300 torch gpt2:compile 256
+text_like_for_like gpt2 256
 table=0
 # Extra rows (levers), predictions in BENCHMARKS.md written before the run.
 text bert_b256_jax_attention_dropout0 70 240 jax bert_base_sot:attention_dropout=0 256
