@@ -10,8 +10,9 @@
 # TokenLabeling), cokezrr_transformers (its src/model, src/normalization and src/representation: the official SoT
 # text head) and timm_0.3.4, timm_0.3.2, timm_0.4.5 (each wheel unzipped). With $OUT set, STATE's results
 # (rows.jsonl), the log and the device's versions are copied there after every row. With ONLY="NAME ...", only
-# those rows run, and ONLY=table runs the table's 42 rows and the matmul peak; VARIANTS="NAME ..." names the package
-# copies under REFS that the variant rows run.
+# those rows run; ONLY=table runs the table's 42 rows and the matmul peak, ONLY=vision its 18 vision rows and
+# ONLY=text its 24 text rows (each with the peak: halves that each fit one session's device time); VARIANTS="NAME ..."
+# names the package copies under REFS that the variant rows run.
 # A table longer than one device call (10 minutes) runs detached, so that no row waits for the next call. Each call
 # of the lease runs the same two commands (the first starts the table, later ones find it started) and carries REFS
 # again (a call without it left the device without REFS while rows still ran):
@@ -59,13 +60,16 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "tim
 fi
 echo "=== call at $(date -u +%T), deadline in $((deadline - SECONDS)) s"
 
-table=1  # 0 from the extra rows on (ONLY=table stops there)
+table=1  # 0 from the extra rows on (ONLY=table, vision and text stop there)
 row() {  # NAME ESTIMATE TIMEOUT COMMAND...: the command's last JSON line (RESULT prefix dropped) to STATE/NAME.json
   local name=$1 estimate=$2 limit=$3
   shift 3
   [ -s "$state/$name.json" ] && return
-  if [ "${ONLY:-}" = table ]; then
+  if [[ "${ONLY:-}" =~ ^(table|vision|text)$ ]]; then
     [ "$table" = 1 ] || return
+    local group=vision
+    case $name in bert_* | gpt2_*) group=text ;; matmul_peak) group=$ONLY ;; esac
+    [ "$ONLY" = table ] || [ "$ONLY" = "$group" ] || return
   elif [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
     return
   fi
