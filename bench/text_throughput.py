@@ -30,8 +30,13 @@ import os
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import ml_collections
+    import torch
 
 SEQUENCE_LENGTH = 128
 ROWS = (
@@ -67,7 +72,7 @@ def median_step_seconds(step, steps: int) -> float:
     return float(np.median(times))
 
 
-def recipe_config(model_name: str):
+def recipe_config(model_name: str) -> ml_collections.ConfigDict:
     """`configs/sot_glue.py`'s config of MODEL on CoLA, the recipe every row trains with."""
     import importlib.util
 
@@ -182,7 +187,7 @@ def torch_profile(step, steps: int = 3) -> dict:
     return {"by_class_ms": dict(by_class.most_common()), "top_ms": dict(by_kernel.most_common(40))}
 
 
-def official_sot_model(family: str, official_repo: str | None):
+def official_sot_model(family: str, official_repo: str | None) -> torch.nn.Module:
     """HF's BERT-base or GPT-2 encoder under the official SoT text head (`torch_row`'s bert_sot and gpt2_sot)."""
     import torch
     import transformers
