@@ -48,6 +48,10 @@ refs=$(realpath "${3:-.refs}")
 mkdir -p "$state"
 export PYTHONPATH=.:bench${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 unset XLA_FLAGS
+# One JAX compilation cache per table (JAX then also keeps XLA's per-fusion autotuning results in it): rows whose
+# models share layers (the three SoT stems, BERT with and without its head) take the kernel choices autotuned for
+# the first of them instead of timing the same candidates again. It shortens compilation only.
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$(realpath "$state")/jax_cache}
 log=$state/log.txt
 exec > >(tee -a "$log") 2>&1
 
