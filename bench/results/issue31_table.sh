@@ -11,8 +11,10 @@
 # text head) and timm_0.3.4, timm_0.3.2, timm_0.4.5 (each wheel unzipped). With $OUT set, STATE's results
 # (rows.jsonl), the log and the device's versions are copied there after every row. With ONLY="NAME ...", only
 # those rows run; ONLY=table runs the table's 42 rows and the matmul peak, ONLY=vision its 18 vision rows and
-# ONLY=text its 24 text rows (each with the peak: halves that each fit one session's device time); VARIANTS="NAME ..."
-# names the package copies under REFS that the variant rows run.
+# ONLY=text its 24 text rows (each with the peak: halves that each fit one session's device time), ONLY=done the 33
+# rows that issue 31's "done when" names (every vision row; BERT at 256 and 32 and GPT-2 at 32 against HF's heads and
+# the official SoT head, not sot_jax's baseline-head rows); VARIANTS="NAME ..." names the package copies under REFS
+# that the variant rows run.
 # A table longer than one device call (10 minutes) runs detached, so that no row waits for the next call. Each call
 # of the lease runs the same two commands (the first starts the table, later ones find it started) and carries REFS
 # again (a call without it left the device without REFS while rows still ran):
@@ -69,11 +71,12 @@ row() {  # NAME ESTIMATE TIMEOUT COMMAND...: the command's last JSON line (RESUL
   local name=$1 estimate=$2 limit=$3
   shift 3
   [ -s "$state/$name.json" ] && return
-  if [[ "${ONLY:-}" =~ ^(table|vision|text)$ ]]; then
+  if [[ "${ONLY:-}" =~ ^(table|vision|text|done)$ ]]; then
     [ "$table" = 1 ] || return
     local group=vision
     case $name in bert_* | gpt2_*) group=text ;; matmul_peak) group=$ONLY ;; esac
-    [ "$ONLY" = table ] || [ "$ONLY" = "$group" ] || return
+    case $name in *_jax_plain | gpt2_b256_*) [ "$ONLY" = done ] && return ;; esac
+    [ "$ONLY" = table ] || [ "$ONLY" = done ] || [ "$ONLY" = "$group" ] || return
   elif [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
     return
   fi
