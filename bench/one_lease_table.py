@@ -94,6 +94,11 @@ def main() -> None:
         print(f"| {label} | {cell(speed)} | {change} |")
     if peak:
         print(f"\nbf16 matmul peak measured in the lease: {peak:.0f} TFLOP/s ({rows['matmul_peak'].get('device')})")
+    gpus = sorted({row["gpu"] for row in rows.values() if "gpu" in row})
+    if len(gpus) > 1:  # LANES=N: rows side by side, one per GPU
+        peaks = ", ".join(f"GPU {row['gpu']} {row['peak']:.0f}" for key, row in sorted(rows.items())
+                          if key.startswith("matmul_peak") and "gpu" in row)  # fmt: skip
+        print(f"Rows side by side on GPUs {', '.join(map(str, gpus))}, each alone on its GPU; peak per GPU: {peaks}")
 
 
 if __name__ == "__main__":

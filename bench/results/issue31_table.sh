@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md's one-lease throughput table (issue 31): every vision and text row, sot_jax against the official
 # PyTorch code eager and torch.compile'd, each row in its own process, one after another on one GPU (nothing runs
-# beside a row). Each result is written to STATE as it finishes; a row whose JSON is already in STATE is skipped,
+# beside a row; LANES below spreads them over several). Each result is written to STATE as it finishes; a row whose JSON is already in STATE is skipped,
 # so the same command again on the same machine goes on where the last one stopped. A row is left for the next call
 # when its estimated seconds exceed what is left before DEADLINE_SECONDS (later, shorter rows still run).
 # Usage, from the repository root, with the official checkouts and their pinned timm unpacked under REFS:
@@ -15,6 +15,8 @@
 # rows that issue 31's "done when" names (every vision row; BERT at 256 and 32 and GPT-2 at 32 against HF's heads and
 # the official SoT head, not sot_jax's baseline-head rows); VARIANTS="NAME ..." names the package copies under REFS
 # that the variant rows run.
+# With LANES=N (a machine of N GPUs), N rows run side by side, each alone on its GPU (CUDA_VISIBLE_DEVICES) and its
+# 1/N of the CPU cores (taskset), and the matmul peak is measured on every GPU; each row's JSON names its GPU.
 # A table longer than one device call (10 minutes) runs detached, so that no row waits for the next call. Each call
 # of the lease runs the same two commands (the first starts the table, later ones find it started) and carries REFS
 # again (a call without it left the device without REFS while rows still ran):
@@ -66,15 +68,48 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "tim
 fi
 echo "=== call at $(date -u +%T), deadline in $((deadline - SECONDS)) s"
 
+lanes=${LANES:-1}
+read -ra cores <<<"$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))')"  # the CPUs rows may use
+cores_per_lane=$((${#cores[@]} / lanes))
+lane_pids=()
+free_lane() {  # [GPU]: sets lane to GPU (default: any GPU) once no row runs there
+  local first=${1:-0} last=${1:-$((lanes - 1))}
+  while :; do
+    for ((lane = first; lane <= last; lane++)); do
+      [ -n "${lane_pids[lane]:-}" ] && kill -0 "${lane_pids[lane]}" 2>/dev/null || return 0
+    done
+    sleep 1
+  done
+}
+
+run_row() {  # NAME TIMEOUT COMMAND...: the command's last JSON line (RESULT prefix dropped) to STATE/NAME.json
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  timeout "$limit" "${pin[@]}" env "$@" >"$state/$name.out" 2>"$state/$name.err"
+  local rc=$?
+  local line
+  line=$(grep -E '^(RESULT )?\{' "$state/$name.out" | tail -1 | sed 's/^RESULT //')
+  if [ "$rc" -eq 0 ] && [ -n "$line" ]; then
+    python3 -c 'import json, sys; row = json.loads(sys.argv[1]); row.update(variant=sys.argv[2], \
+wall_s=int(sys.argv[3]), finished=sys.argv[4]); row.update(gpu=int(sys.argv[5])) if sys.argv[5] else None; \
+print(json.dumps(row))' "$line" "$name" "$((SECONDS - start))" "$(date -u +%T)" "${CUDA_VISIBLE_DEVICES:-}" \
+      >"$state/$name.json"
+    echo "$name: $((SECONDS - start)) s: $(head -c 300 "$state/$name.json")"
+  else
+    echo "$name: failed rc=$rc after $((SECONDS - start)) s: $(grep -E 'Error|error' "$state/$name.err" | tail -2)"
+  fi
+}
+
 table=1  # 0 from the extra rows on (ONLY=table, vision and text stop there)
-row() {  # NAME ESTIMATE TIMEOUT COMMAND...: the command's last JSON line (RESULT prefix dropped) to STATE/NAME.json
+pin=()
+row() {  # NAME ESTIMATE TIMEOUT COMMAND...: run_row, at once or (LANES > 1) on the next free GPU in the background
   local name=$1 estimate=$2 limit=$3
   shift 3
   [ -s "$state/$name.json" ] && return
   if [[ "${ONLY:-}" =~ ^(table|vision|text|done)$ ]]; then
     [ "$table" = 1 ] || return
     local group=vision
-    case $name in bert_* | gpt2_*) group=text ;; matmul_peak) group=$ONLY ;; esac
+    case $name in bert_* | gpt2_*) group=text ;; matmul_peak*) group=$ONLY ;; esac
     case $name in *_jax_plain | gpt2_b256_*) [ "$ONLY" = done ] && return ;; esac
     [ "$ONLY" = table ] || [ "$ONLY" = done ] || [ "$ONLY" = "$group" ] || return
   elif [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
@@ -83,18 +118,19 @@ row() {  # NAME ESTIMATE TIMEOUT COMMAND...: the command's last JSON line (RESUL
   local left=$((deadline - SECONDS))
   if [ "$estimate" -gt "$left" ]; then echo "$name: left for the next call (estimate ${estimate} s, ${left} s left)"; return; fi
   [ "$limit" -gt "$left" ] && limit=$left
-  local start=$SECONDS
-  timeout "$limit" env "$@" >"$state/$name.out" 2>"$state/$name.err"
-  local rc=$?
-  local line
-  line=$(grep -E '^(RESULT )?\{' "$state/$name.out" | tail -1 | sed 's/^RESULT //')
-  if [ "$rc" -eq 0 ] && [ -n "$line" ]; then
-    python3 -c 'import json, sys; row = json.loads(sys.argv[1]); row.update(variant=sys.argv[2], \
-wall_s=int(sys.argv[3]), finished=sys.argv[4]); print(json.dumps(row))' \
-      "$line" "$name" "$((SECONDS - start))" "$(date -u +%T)" >"$state/$name.json"
-    echo "$name: $((SECONDS - start)) s: $(head -c 300 "$state/$name.json")"
+  if [ "$lanes" = 1 ]; then
+    run_row "$name" "$limit" "$@"
   else
-    echo "$name: failed rc=$rc after $((SECONDS - start)) s: $(grep -E 'Error|error' "$state/$name.err" | tail -2)"
+    local gpu=
+    case $name in matmul_peak) gpu=0 ;; matmul_peak_gpu*) gpu=${name#matmul_peak_gpu} ;; esac
+    free_lane $gpu
+    local lane_cores=("${cores[@]:lane * cores_per_lane:cores_per_lane}")
+    (
+      export CUDA_VISIBLE_DEVICES=$lane
+      pin=(taskset -c "$(IFS=,; echo "${lane_cores[*]}")")
+      run_row "$name" "$limit" "$@"
+    ) &
+    lane_pids[lane]=$!
   fi
   [ -z "${OUT:-}" ] || copy_back "$state"
 }
@@ -129,6 +165,9 @@ text_like_for_like() {  # MODEL BATCH: sot_jax's baseline head against HF's (the
 }
 
 row matmul_peak 20 90 "$PYTHON" bench/train_throughput.py --peak
+for ((gpu = 1; gpu < lanes; gpu++)); do  # the same GPU model, measured on each lane
+  row "matmul_peak_gpu$gpu" 20 90 "$PYTHON" bench/train_throughput.py --peak
+done
 jax_vision deit_s_jax 45 150 deit_small_patch16_224 --profile "$state/profile_deit_s"
 torch_vision deit_s_torch_eager 40 150 deit_small_patch16_224 "" ""
 torch_vision deit_s_torch_compile 100 300 deit_small_patch16_224 "" "" --compile
@@ -196,5 +235,6 @@ done
 text bert_b256_jax_profile 90 240 jax bert_base_sot 256 --profile "$state/profile_bert"
 text bert_b256_torch_compile_profile 60 300 torch compile 256 --profile "$state/profile_bert"
 text bert_b256_jax_bound_cudnn 70 240 jax bert_base_sot:bound=cudnn 256
+for pid in "${lane_pids[@]}"; do wait "$pid"; done
 echo "=== call done at $(date -u +%T), $((deadline - SECONDS)) s before the deadline"
 [ -z "${OUT:-}" ] || copy_back "$state"
