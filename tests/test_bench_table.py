@@ -15,7 +15,7 @@ import pytest
 SCRIPT = pathlib.Path(__file__).parent.parent / "bench" / "results" / "issue31_table.sh"
 STUB = """#!/bin/bash
 start=$(date +%s.%N)
-sleep 0.5
+sleep 1
 cpus=$(python3 -c 'import os; print(sorted(os.sched_getaffinity(0)))')
 echo "{\\"visible\\": \\"${CUDA_VISIBLE_DEVICES:-}\\", \\"cpus\\": $cpus, \\"start\\": $start, \\
 \\"end\\": $(date +%s.%N)}"
