@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md's one-lease throughput table (issue 31): every vision and text row, sot_jax against the official
 # PyTorch code eager and torch.compile'd, each row in its own process, one after another on one GPU (nothing runs
-# beside a row; LANES below spreads them over several). Each result is written to STATE as it finishes; a row whose JSON is already in STATE is skipped,
-# so the same command again on the same machine goes on where the last one stopped. A row is left for the next call
-# when its estimated seconds exceed what is left before DEADLINE_SECONDS (later, shorter rows still run).
+# beside a row; LANES below spreads them over several). Each result is written to STATE as it finishes; a row whose
+# JSON is already in STATE is skipped, so the same command again on the same machine goes on where the last one
+# stopped. A row is left for the next call when its estimated seconds exceed what is left before DEADLINE_SECONDS
+# (later, shorter rows still run).
 # Usage, from the repository root, with the official checkouts and their pinned timm unpacked under REFS:
 #   bench/results/issue31_table.sh STATE_DIR DEADLINE_SECONDS [REFS]
 # REFS (default .refs) holds SoT (jiangtaoxie/SoT), HVT (zhuang-group/HVT), TokenLabeling (zihangJiang/
@@ -72,6 +73,7 @@ lanes=${LANES:-1}
 read -ra cores <<<"$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))')"  # the CPUs rows may use
 cores_per_lane=$((${#cores[@]} / lanes))
 lane_pids=()
+pin=()  # the row's CPU pinning: none with one lane
 free_lane() {  # [GPU]: sets lane to GPU (default: any GPU) once no row runs there
   local first=${1:-0} last=${1:-$((lanes - 1))}
   while :; do
@@ -101,7 +103,6 @@ print(json.dumps(row))' "$line" "$name" "$((SECONDS - start))" "$(date -u +%T)" 
 }
 
 table=1  # 0 from the extra rows on (ONLY=table, vision and text stop there)
-pin=()
 row() {  # NAME ESTIMATE TIMEOUT COMMAND...: run_row, at once or (LANES > 1) on the next free GPU in the background
   local name=$1 estimate=$2 limit=$3
   shift 3
